@@ -1,0 +1,1 @@
+"""Speed, memory, scaling and quality measurements (outside test collection)."""
