@@ -1,0 +1,339 @@
+"""``thanos.prune``: production Thanos (Alg. 1, 2, 8), SparseGPT, Wanda and magnitude on torch tensors.
+
+The same signature, checks, counts and masks as ``reference.prune`` (the float64 oracle), built
+for speed: one Cholesky factor ``U`` of the damped ``H^-1`` per layer (``H^-1 = U^T U``, U upper),
+from which every block's trailing inverse rows come as ``T[block, :] = Ub^T Ur`` (Ub = U[block,
+block], Ur = U[block, j:]); per block the rows' small SPD systems ``T[q_k, q_k] x_k = w_k[q_k]`` are
+solved in batched Cholesky calls (rows sorted by their count, padded with identity, App. H Eq.
+77-79), and the whole block's update is one GEMM ``W[:, j:] -= Xs (Ub^T Ur)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+from reference import spec
+from reference.spec import PruneResult
+
+from . import _kernels as K
+
+DEFAULT_MAX_EXTRA_MEMORY = 256 * 2**20  # bytes of batched-solve temporaries per chunk of rows
+
+# A chunk of rows solved in one batched call costs a fixed overhead (a dozen torch calls, ~0.2 ms
+# here) worth about this many flops at the ~2 GFLOP/s small batched factorisations reach.
+_CALL_OVERHEAD_FLOPS = 4e5
+
+
+def prune(
+    W: torch.Tensor,
+    H: Optional[torch.Tensor],
+    *,
+    method: str,
+    pattern: str,
+    sparsity: Optional[float] = None,
+    block_size: int = 128,
+    alpha: float = 0.0,
+    percdamp: float = 0.01,
+    compute_dtype: torch.dtype = torch.float32,
+    allow_tf32: bool = False,
+    max_extra_memory: Optional[int] = None,
+) -> PruneResult:
+    """Prune one layer. W: (c, b) tensor (fp16/bf16/fp32/fp64, any device), H: (b, b) or None
+    (magnitude only). Semantics of ``reference.prune``; returns ``reference.spec.PruneResult`` with a
+    ``weight`` of W's dtype and device, a bool ``mask`` (True = pruned) and the layer ``loss`` with
+    the undamped H.
+
+    compute_dtype: torch.float32 (default) or torch.float64, whatever W's dtype. allow_tf32: let
+    CUDA matmuls use TF32 (off by default; the global flags are restored afterwards).
+    max_extra_memory: bytes of temporaries one batched solve may use (rows are chunked to fit).
+    The inputs are never modified."""
+    return _prune(
+        W, H, method=method, pattern=pattern, sparsity=sparsity, block_size=block_size, alpha=alpha,
+        percdamp=percdamp, compute_dtype=compute_dtype, allow_tf32=allow_tf32,
+        max_extra_memory=max_extra_memory,
+    )
+
+
+def _prune(
+    W, H, *, method, pattern, sparsity, block_size, alpha, percdamp, compute_dtype, allow_tf32,
+    max_extra_memory, explicit_trailing_inverse=False,
+) -> PruneResult:
+    """``prune`` with one benchmark-only switch: ``explicit_trailing_inverse`` recomputes
+    ``torch.linalg.inv(H[j:, j:])`` after every block (what the paper's code does) instead of
+    reading the trailing inverse off the one Cholesky factor."""
+    if not isinstance(W, torch.Tensor):
+        raise ValueError(f"W must be a torch.Tensor, got {type(W).__name__}")
+    if H is not None and not isinstance(H, torch.Tensor):
+        raise ValueError(f"H must be a torch.Tensor or None, got {type(H).__name__}")
+    opts = spec.check_arguments(
+        tuple(W.shape), None if H is None else tuple(H.shape), method=method, pattern=pattern,
+        sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp,
+    )
+    if not W.is_floating_point():
+        raise ValueError(f"W must be a floating-point tensor, got dtype {W.dtype}")
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype!r}")
+    if max_extra_memory is None:
+        max_extra_memory = DEFAULT_MAX_EXTRA_MEMORY
+    elif not isinstance(max_extra_memory, int) or isinstance(max_extra_memory, bool) or max_extra_memory < 1:
+        raise ValueError(f"max_extra_memory must be a positive number of bytes, got {max_extra_memory!r}")
+    if not isinstance(allow_tf32, bool):
+        raise ValueError(f"allow_tf32 must be a bool, got {allow_tf32!r}")
+    spec.check_values("W", bool(torch.isfinite(W).all()))
+    if H is not None:
+        if not H.is_floating_point():
+            raise ValueError(f"H must be a floating-point tensor, got dtype {H.dtype}")
+        spec.check_values("H", bool(torch.isfinite(H).all()))
+        Hd = H.detach()
+        spec.check_hessian(
+            float((Hd - Hd.mT).abs().max()), float(Hd.abs().max()), float(Hd.diagonal().min()),
+            torch.finfo(H.dtype).eps,
+        )
+
+    with _tf32(allow_tf32), torch.no_grad():
+        return _run(W, H, opts, compute_dtype, max_extra_memory, explicit_trailing_inverse)
+
+
+@contextlib.contextmanager
+def _tf32(allow: bool):
+    """Set the CUDA TF32 switches for the call and restore them afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
+    device = W.device
+    Wk = W.detach().to(device=device, dtype=dtype, copy=True)
+    W0 = Wk.clone()
+    c, b = Wk.shape
+    mask = torch.zeros((c, b), dtype=torch.bool, device=device)
+    damping, outliers = None, torch.zeros(0, dtype=torch.long, device=device)
+    Hc = norms = None
+    if H is not None:
+        Hc = H.detach().to(device=device, dtype=dtype, copy=True)
+        norms = torch.sqrt(Hc.diagonal().clamp(min=0) / 2)  # ||X_j||, from the undamped H
+
+    if opts.method in ("thanos", "sparsegpt"):
+        U, Hinv, Hdamped, damping = _prepare_hessian(Wk, H, Hc, opts.percdamp, explicit)
+        if opts.method == "sparsegpt":
+            _sparsegpt(Wk, U, opts, mask)
+        else:
+            if opts.alpha > 0:
+                row_loss = ((Wk * norms) ** 2).sum(1)  # Eq. (14)
+                outliers = K.largest_rows(row_loss, spec.outlier_row_count(opts.alpha, c))
+            keep = torch.ones(c, dtype=torch.bool, device=device)
+            keep[outliers] = False
+            rows = keep.nonzero().squeeze(1)
+            if opts.kind == "structured":
+                _thanos_structured(Wk, Hinv, norms, rows, opts, mask)
+            else:
+                _thanos_blocks(Wk, U, Hdamped, norms, rows, opts, mask, budget)
+    else:
+        mask = _no_update_mask(Wk, norms, opts)
+    Wk.masked_fill_(mask, 0.0)
+
+    loss = None
+    if Hc is not None:
+        D = Wk - W0
+        loss = 0.5 * float(((D @ Hc) * D).sum(dtype=torch.float64))
+    count = int(mask.sum())
+    return PruneResult(
+        Wk.to(W.dtype), mask, loss, count / mask.numel(), damping, [int(i) for i in outliers.tolist()]
+    )
+
+
+def _prepare_hessian(Wk, H, Hc, percdamp, explicit):
+    """Dead columns (H_jj = 0 -> H_jj = 1, W[:, j] = 0) and damping, as ``reference.prepare_hessian``.
+
+    Returns (U, H^-1, damped H or None, damping) in the compute dtype."""
+    diag64 = H.detach().diagonal().to(torch.float64)
+    dead = (diag64 == 0).to(Wk.device)
+    mean_diagonal = float(torch.where(diag64 == 0, 1.0, diag64).mean())  # as the reference, in float64
+    Hd = Hc.clone()
+    if bool(dead.any()):
+        Hd.diagonal()[dead] = 1.0
+        Wk[:, dead] = 0.0
+    U, Hinv, damping = K.inverse_cholesky_factor(Hd, mean_diagonal, percdamp)
+    Hdamped = None
+    if explicit:
+        Hdamped = Hd
+        Hdamped.diagonal().add_(damping)
+    return U, Hinv, Hdamped, damping
+
+
+# ------------------------------------------------------------------------------------ Thanos
+def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget):
+    """Alg. 1 (unstructured, global residual mask over the current weights) and Alg. 8 (N:M),
+    on the given rows of Wk, in place."""
+    all_rows = rows.numel() == Wk.shape[0]
+    Wr = Wk if all_rows else Wk[rows]
+    c_active, b = Wr.shape
+    Mr = torch.zeros((c_active, b), dtype=torch.bool, device=Wk.device)
+    remaining = spec.unstructured_count(opts.sparsity, c_active * b)
+    for j1 in range(0, b, opts.block_size):
+        j2 = min(j1 + opts.block_size, b)
+        width = j2 - j1
+        if opts.kind == "N:M":
+            block_mask = K.n_m_mask(Wr[:, j1:j2].abs() * norms[j1:j2], opts.n, opts.m)
+        else:
+            if remaining == 0:
+                break
+            scores = Wr[:, j1:].abs() * norms[j1:]  # psi of the *current* weights, Eq. (11)
+            block_mask = K.global_residual_mask(scores, remaining, width)
+            del scores
+            remaining -= int(block_mask.sum())
+        if Hdamped is not None:
+            T_rows = torch.linalg.inv(Hdamped[j1:, j1:])[:width]  # benchmark-only variant
+        else:
+            T_rows = U[j1:j2, j1:j2].mT @ U[j1:j2, j1:]  # (H_{j:, j:})^-1 [block, :], no inversion
+        Xs = _solve_rows(Wr[:, j1:j2], T_rows[:, :width], block_mask, budget)
+        Wr[:, j1:].addmm_(Xs, T_rows, alpha=-1.0)  # Delta = -Xs T[block, :]: one GEMM
+        del Xs, T_rows
+        Wr[:, j1:j2].masked_fill_(block_mask, 0.0)
+        Mr[:, j1:j2] = block_mask
+    if all_rows:
+        mask |= Mr
+    else:
+        Wk[rows] = Wr
+        mask[rows] = Mr
+
+
+def _solve_rows(W_block, T_bb, block_mask, budget):
+    """Per row k, x_k = (T_bb[q_k, q_k])^-1 W_block[k, q_k], scattered into a (c, B) matrix.
+
+    Rows are sorted by their count s_k and solved in batched chunks padded to the chunk's largest
+    count with identity rows/columns in R_hat and zeros in u (App. H, Eq. 77-79), which leaves
+    x = 0 on the padding. Chunks are chosen to trade padding flops against per-call overhead and
+    to keep each chunk's temporaries under ``budget`` bytes."""
+    c, width = W_block.shape
+    Xs = torch.zeros_like(W_block)
+    counts = block_mask.sum(1)
+    order = torch.sort(counts, stable=True).indices
+    sorted_counts = counts[order]
+    values, multiplicity = torch.unique_consecutive(sorted_counts, return_counts=True)
+    itemsize = W_block.element_size()
+    start = 0
+    groups = []
+    for s, k in zip(values.tolist(), multiplicity.tolist()):
+        if s > 0:
+            groups.append((start, start + k, s))
+        start += k
+    T_flat = T_bb.reshape(-1)
+    for lo, hi, s in _chunk_plan(groups, lambda s: s * s * (8 + 4 * itemsize) + 64 * s, budget):
+        idx = order[lo:hi]
+        bm = block_mask[idx]
+        cols = torch.sort((~bm).to(torch.uint8), dim=1, stable=True).indices[:, :s]  # pruned first
+        valid = torch.arange(s, device=W_block.device) < counts[idx].unsqueeze(1)
+        R_hat = T_flat[cols.unsqueeze(2) * width + cols.unsqueeze(1)]
+        R_hat.masked_fill_(~(valid.unsqueeze(2) & valid.unsqueeze(1)), 0.0)
+        R_hat.diagonal(dim1=1, dim2=2).masked_fill_(~valid, 1.0)
+        u = torch.gather(W_block[idx], 1, cols) * valid
+        x = K.spd_solve(R_hat, u)
+        Xs[idx.unsqueeze(1), cols] = x
+    return Xs
+
+
+def _chunk_plan(groups, row_bytes, budget):
+    """Merge runs of rows with equal counts (sorted ascending) into chunks (lo, hi, s): a merge is
+    taken when padding the smaller systems to s costs fewer flops than one more call would."""
+
+    def cost(rows, s):
+        return rows * (s**3 / 3 + 2 * s * s) + _CALL_OVERHEAD_FLOPS
+
+    chunks = []
+    for lo, hi, s in groups:
+        per_chunk = max(1, budget // row_bytes(s))
+        if chunks:
+            c_lo, c_hi, c_s = chunks[-1]
+            merged_rows = hi - c_lo
+            if merged_rows <= per_chunk and cost(merged_rows, s) <= cost(c_hi - c_lo, c_s) + cost(hi - lo, s):
+                chunks[-1] = (c_lo, hi, s)
+                continue
+        for a in range(lo, hi, per_chunk):
+            chunks.append((a, min(a + per_chunk, hi), s))
+    return chunks
+
+
+def _thanos_structured(Wk, Hinv, norms, rows, opts: spec.Options, mask):
+    """Alg. 2: the s columns of lowest column loss (Eq. 15, over the non-outlier rows) are removed
+    from those rows with W <- W - W[:, q] ((H^-1)_qq)^-1 (H^-1)_{q,:}: one s x s Cholesky, one GEMM."""
+    b = Wk.shape[1]
+    s = spec.structured_column_count(opts.sparsity, opts.alpha, b)
+    Wr = Wk[rows]
+    q = K.smallest_columns(((Wr * norms) ** 2).sum(0), s)
+    if s == 0:
+        return
+    R = Hinv[q]  # (s, b)
+    L, info = torch.linalg.cholesky_ex(R[:, q])
+    if int(info) == 0:
+        X = torch.cholesky_solve(Wr[:, q].mT, L)  # (s, c_active)
+    else:  # float32 rounding broke the sub-block's definiteness: redo it in float64
+        X = torch.cholesky_solve(Wr[:, q].mT.double(), torch.linalg.cholesky(R[:, q].double())).to(Wr.dtype)
+    Wr.addmm_(X.mT, R, alpha=-1.0)
+    Wr[:, q] = 0.0
+    Wk[rows] = Wr
+    mask[rows.unsqueeze(1), q] = True
+
+
+# --------------------------------------------------------------------------------- SparseGPT
+def _sparsegpt(Wk, U, opts: spec.Options, mask):
+    """SparseGPT with lazy block updates: inside a block, column-by-column OBS with rank-1 updates
+    of the (c, B) block; the rest of the layer receives one GEMM ``Err U[block, j2:]`` per block.
+    Mask per block by w^2 / U_jj^2 (the count ``cumulative(j2) - cumulative(j1)``); N:M chosen at
+    every i % m == 0; structured columns chosen once up front."""
+    c, b = Wk.shape
+    d = U.diagonal()
+    if opts.kind == "structured":
+        s = spec.structured_column_count(opts.sparsity, 0.0, b)
+        mask[:, K.smallest_columns((Wk**2).sum(0) / d**2, s)] = True
+    for j1 in range(0, b, opts.block_size):
+        j2 = min(j1 + opts.block_size, b)
+        W1 = Wk[:, j1:j2].clone()
+        M1 = mask[:, j1:j2]
+        U1 = U[j1:j2, j1:j2]
+        Err1 = torch.zeros_like(W1)
+        if opts.kind == "unstructured":
+            count = spec.cumulative_count(opts.sparsity, c, j2) - spec.cumulative_count(opts.sparsity, c, j1)
+            M1.copy_(K.global_residual_mask(W1**2 / d[j1:j2] ** 2, count))
+        for i in range(j2 - j1):
+            if opts.kind == "N:M" and i % opts.m == 0:
+                group = slice(i, i + opts.m)
+                M1[:, group] = K.smallest_per_row(W1[:, group] ** 2 / d[j1:j2][group] ** 2, opts.n)
+            pruned = M1[:, i]
+            err = torch.where(pruned, W1[:, i], 0.0) / U1[i, i]
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)
+            W1[:, i].masked_fill_(pruned, 0.0)
+            Err1[:, i] = err
+        Wk[:, j1:j2] = W1
+        if j2 < b:
+            Wk[:, j2:].addmm_(Err1, U[j1:j2, j2:], alpha=-1.0)
+
+
+# ------------------------------------------------------------------------------ Wanda, magnitude
+def _no_update_mask(Wk, norms, opts: spec.Options):
+    """Wanda (psi, per-row groups) and magnitude (|W|, per-layer): the mask only."""
+    c, b = Wk.shape
+    if opts.method == "wanda":
+        scores = Wk.abs() * norms
+        column_scores = (scores**2).sum(0)
+    else:
+        scores = Wk.abs()
+        column_scores = (Wk**2).sum(0)
+    if opts.kind == "N:M":
+        return K.n_m_mask(scores, opts.n, opts.m)
+    if opts.kind == "structured":
+        mask = torch.zeros((c, b), dtype=torch.bool, device=Wk.device)
+        mask[:, K.smallest_columns(column_scores, spec.structured_column_count(opts.sparsity, 0.0, b))] = True
+        return mask
+    if opts.method == "wanda":
+        return K.smallest_per_row(scores, spec.per_row_count(opts.sparsity, b))
+    return K.global_residual_mask(scores, spec.unstructured_count(opts.sparsity, c * b))
