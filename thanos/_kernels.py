@@ -19,9 +19,10 @@ def global_residual_mask(scores: torch.Tensor, r: int, columns: int | None = Non
     """The ``r`` smallest of ``scores`` (c, n) over the whole matrix, ties to the lower row-major
     position (App. G.4.1); returns the mask restricted to the first ``columns`` columns.
 
-    Never sorts the c*n scores: the r-th smallest value is bracketed from a deterministic strided
-    sample, checked by two counts, and found exactly among the few scores inside the bracket (a
-    full ``kthvalue`` only when the bracket misses)."""
+    Never sorts the c*n scores: the r-th smallest value t is bracketed from a deterministic strided
+    sample, checked by counting, and found exactly among the few scores inside the bracket (a
+    full ``kthvalue`` only when the bracket misses). Without ties at t the mask is ``scores <= t``;
+    with ties the first ones in row-major order are taken, as a stable argsort would."""
     c, n = scores.shape
     columns = n if columns is None else columns
     if r <= 0:
@@ -29,34 +30,34 @@ def global_residual_mask(scores: torch.Tensor, r: int, columns: int | None = Non
     if r >= c * n:
         return torch.ones((c, columns), dtype=torch.bool, device=scores.device)
     flat = scores.reshape(-1)
-    threshold = _kth_smallest(flat, r)
-    below = scores < threshold
-    missing = r - int(below.sum())
-    ties = (flat == threshold).nonzero().squeeze(1)[:missing]  # row-major order = stable order
-    mask = below[:, :columns].clone()
+    threshold, n_below, n_at_most = _kth_smallest(flat, r)
+    if n_at_most == r:  # no surplus ties at the threshold
+        return scores[:, :columns] <= threshold
+    mask = scores[:, :columns] < threshold
+    ties = (flat == threshold).nonzero().squeeze(1)[: r - n_below]  # row-major = stable order
     ties = ties[(ties % n) < columns]
     mask[ties // n, ties % n] = True
     return mask
 
 
-def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th smallest value (1-based) of a 1-D tensor, exactly."""
+def _kth_smallest(flat: torch.Tensor, k: int):
+    """The k-th smallest value t (1-based) of a 1-D tensor, exactly, with #{< t} and #{<= t}."""
     total = flat.numel()
-    if total <= 1 << 16:
-        return torch.kthvalue(flat, k).values
-    stride = max(1, total // (1 << 15))
-    sample = torch.sort(flat[::stride]).values
-    m = sample.numel()
-    centre = k / total * m
-    slack = 4.0 * (m * (k / total) * (1 - k / total)) ** 0.5 + 8
-    lo = sample[max(0, int(centre - slack))]
-    hi = sample[min(m - 1, int(centre + slack))]
-    n_below = int((flat < lo).sum())
-    inside = (flat >= lo) & (flat <= hi)
-    n_inside = int(inside.sum())
-    if n_below < k <= n_below + n_inside:
-        return torch.kthvalue(flat[inside], k - n_below).values
-    return torch.kthvalue(flat, k).values
+    lo_count, candidates = 0, flat
+    if total > 1 << 16:
+        stride = total // (1 << 14)
+        sample = torch.sort(flat[::stride]).values
+        m = sample.numel()
+        centre = k / total * m
+        slack = 4.0 * (m * (k / total) * (1 - k / total)) ** 0.5 + 4
+        lo = sample[max(0, int(centre - slack))]
+        hi = sample[min(m - 1, int(centre + slack))]
+        n_below_lo = int((flat < lo).sum())
+        inside = flat[(flat >= lo) & (flat <= hi)]
+        if n_below_lo < k <= n_below_lo + inside.numel():
+            lo_count, candidates = n_below_lo, inside
+    t = torch.kthvalue(candidates, k - lo_count).values
+    return t, lo_count + int((candidates < t).sum()), lo_count + int((candidates <= t).sum())
 
 
 def smallest_per_row(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -91,28 +92,48 @@ def largest_rows(row_scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ factorisation
-def inverse_cholesky_factor(H: torch.Tensor, mean_diagonal: float, percdamp: float):
-    """Upper Cholesky factor U of the damped H^-1 (H^-1 = U^T U) and the inverse itself.
+def damped_factor(H: torch.Tensor, mean_diagonal: float, percdamp: float, inverse: bool = True):
+    """Factor the damped H as H + lambda I = V V^T with V *upper* triangular, and (``inverse``)
+    U = V^-1, the upper Cholesky factor of the damped H^-1 (H^-1 = V^-T V^-1 = U^T U; U is upper
+    with a positive diagonal, so by uniqueness it is that factor). H^-1 itself is never formed.
 
-    Tries the loads of ``spec.damping_schedule`` in turn; each failure (of H + lambda I, or of the
-    rounded inverse) warns and raises the load; after the last one a ``torch.linalg.LinAlgError``
-    with ``spec.damping_error``. Returns (U, Hinv, damping)."""
+    V comes from the lower Cholesky factor of the reversed matrix: P H P = L L^T gives
+    H = (P L P)(P L P)^T with P L P upper. The loads of ``spec.damping_schedule`` are tried in turn;
+    each failure (Cholesky breakdown, or a non-finite U) warns (RuntimeWarning) and raises the load;
+    after the last a ``torch.linalg.LinAlgError`` with ``spec.damping_error``.
+    Returns (V, U or None, damping)."""
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    flipped = H.flip(0, 1)
     schedule = spec.damping_schedule(percdamp, mean_diagonal)
     damping = next(schedule)
     while True:
-        L, info = torch.linalg.cholesky_ex(H + damping * eye)
+        L, info = torch.linalg.cholesky_ex(flipped + damping * eye)
         if int(info) == 0:
-            Hinv = torch.cholesky_inverse(L)
-            Hinv = (Hinv + Hinv.mT) / 2
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if int(info) == 0 and bool(torch.isfinite(U).all()):
-                return U, Hinv, damping
+            V = L.flip(0, 1)
+            U = upper_triangular_inverse(V) if inverse else None
+            if U is None or bool(torch.isfinite(U).all()):
+                return V, U, damping
         nxt = next(schedule, None)
         if nxt is None:
             raise torch.linalg.LinAlgError(spec.damping_error(damping))
         warnings.warn(spec.damping_warning(damping, nxt), RuntimeWarning, stacklevel=4)
         damping = nxt
+
+
+def upper_triangular_inverse(V: torch.Tensor) -> torch.Tensor:
+    """V^-1 for an upper triangular V, by 2x2 blocks: [[A, B], [0, C]]^-1 = [[A^-1, -A^-1 B C^-1],
+    [0, C^-1]]; about b^3/3 GEMM flops instead of the b^3 of a triangular solve against I."""
+    n = V.shape[0]
+    if n <= 512:
+        return torch.linalg.solve_triangular(V, torch.eye(n, dtype=V.dtype, device=V.device), upper=True)
+    h = n // 2
+    Ai = upper_triangular_inverse(V[:h, :h])
+    Ci = upper_triangular_inverse(V[h:, h:])
+    out = torch.zeros_like(V)
+    out[:h, :h] = Ai
+    out[h:, h:] = Ci
+    out[:h, h:] = -((Ai @ V[:h, h:]) @ Ci)
+    return out
 
 
 # ------------------------------------------------------------------------------ batched solves

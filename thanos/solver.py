@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
+import numpy as np
 import torch
 
 from reference import spec
@@ -122,8 +123,10 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
         Hc = H.detach().to(device=device, dtype=dtype, copy=True)
         norms = torch.sqrt(Hc.diagonal().clamp(min=0) / 2)  # ||X_j||, from the undamped H
 
+    loss = None
     if opts.method in ("thanos", "sparsegpt"):
-        U, Hinv, Hdamped, damping = _prepare_hessian(Wk, H, Hc, opts.percdamp, explicit)
+        structured = opts.method == "thanos" and opts.kind == "structured"
+        V, U, Hdamped, damping, any_dead = _prepare_hessian(Wk, H, Hc, opts.percdamp, not structured, explicit)
         if opts.method == "sparsegpt":
             _sparsegpt(Wk, U, opts, mask)
         else:
@@ -133,16 +136,17 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
             keep = torch.ones(c, dtype=torch.bool, device=device)
             keep[outliers] = False
             rows = keep.nonzero().squeeze(1)
-            if opts.kind == "structured":
-                _thanos_structured(Wk, Hinv, norms, rows, opts, mask)
+            if structured:
+                loss = _thanos_structured(Wk, V, Hc, norms, rows, opts, mask)
+                if any_dead:  # the low-rank loss formula covers the update only
+                    loss = None
             else:
                 _thanos_blocks(Wk, U, Hdamped, norms, rows, opts, mask, budget)
     else:
         mask = _no_update_mask(Wk, norms, opts)
     Wk.masked_fill_(mask, 0.0)
 
-    loss = None
-    if Hc is not None:
+    if Hc is not None and loss is None:
         D = Wk - W0
         loss = 0.5 * float(((D @ Hc) * D).sum(dtype=torch.float64))
     count = int(mask.sum())
@@ -151,23 +155,28 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
     )
 
 
-def _prepare_hessian(Wk, H, Hc, percdamp, explicit):
+def _prepare_hessian(Wk, H, Hc, percdamp, inverse, explicit):
     """Dead columns (H_jj = 0 -> H_jj = 1, W[:, j] = 0) and damping, as ``reference.prepare_hessian``.
 
-    Returns (U, H^-1, damped H or None, damping) in the compute dtype."""
+    Returns (V, U, damped H or None, damping, any dead column) in the compute dtype, with
+    H + lambda I = V V^T (V upper) and U = V^-1 the upper Cholesky factor of the damped H^-1
+    (None unless ``inverse``)."""
     diag64 = H.detach().diagonal().to(torch.float64)
     dead = (diag64 == 0).to(Wk.device)
-    mean_diagonal = float(torch.where(diag64 == 0, 1.0, diag64).mean())  # as the reference, in float64
+    # mean(diag) exactly as the reference computes it (NumPy's pairwise float64 sum), so that the
+    # damping recorded in the result is the same number
+    mean_diagonal = float(np.mean(torch.where(diag64 == 0, 1.0, diag64).cpu().numpy()))
     Hd = Hc.clone()
-    if bool(dead.any()):
+    any_dead = bool(dead.any())
+    if any_dead:
         Hd.diagonal()[dead] = 1.0
         Wk[:, dead] = 0.0
-    U, Hinv, damping = K.inverse_cholesky_factor(Hd, mean_diagonal, percdamp)
+    V, U, damping = K.damped_factor(Hd, mean_diagonal, percdamp, inverse)
     Hdamped = None
     if explicit:
         Hdamped = Hd
         Hdamped.diagonal().add_(damping)
-    return U, Hinv, Hdamped, damping
+    return V, U, Hdamped, damping, any_dead
 
 
 # ------------------------------------------------------------------------------------ Thanos
@@ -193,8 +202,8 @@ def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget
             remaining -= int(block_mask.sum())
         if Hdamped is not None:
             T_rows = torch.linalg.inv(Hdamped[j1:, j1:])[:width]  # benchmark-only variant
-        else:
-            T_rows = U[j1:j2, j1:j2].mT @ U[j1:j2, j1:]  # (H_{j:, j:})^-1 [block, :], no inversion
+        else:  # (H_{j:, j:})^-1 [block, :] = Ub^T Ur, no inversion
+            T_rows = U[j1:j2, j1:j2].mT @ U[j1:j2, j1:]
         Xs = _solve_rows(Wr[:, j1:j2], T_rows[:, :width], block_mask, budget)
         Wr[:, j1:].addmm_(Xs, T_rows, alpha=-1.0)  # Delta = -Xs T[block, :]: one GEMM
         del Xs, T_rows
@@ -212,33 +221,38 @@ def _solve_rows(W_block, T_bb, block_mask, budget):
 
     Rows are sorted by their count s_k and solved in batched chunks padded to the chunk's largest
     count with identity rows/columns in R_hat and zeros in u (App. H, Eq. 77-79), which leaves
-    x = 0 on the padding. Chunks are chosen to trade padding flops against per-call overhead and
-    to keep each chunk's temporaries under ``budget`` bytes."""
+    x = 0 on the padding. The padding comes out of the gather itself: R_hat is read from
+    [[T_bb, 0], [0, I]], padded slot p pointing at index B + p. Chunks trade padding flops against
+    per-call overhead and keep each chunk's temporaries under ``budget`` bytes."""
     c, width = W_block.shape
     Xs = torch.zeros_like(W_block)
     counts = block_mask.sum(1)
     order = torch.sort(counts, stable=True).indices
-    sorted_counts = counts[order]
-    values, multiplicity = torch.unique_consecutive(sorted_counts, return_counts=True)
-    itemsize = W_block.element_size()
-    start = 0
-    groups = []
+    values, multiplicity = torch.unique_consecutive(counts[order], return_counts=True)
+    groups, start = [], 0
     for s, k in zip(values.tolist(), multiplicity.tolist()):
         if s > 0:
             groups.append((start, start + k, s))
         start += k
-    T_flat = T_bb.reshape(-1)
+    if not groups:
+        return Xs
+    s_max = groups[-1][2]
+    side = width + s_max
+    T_ext = torch.zeros((side, side), dtype=T_bb.dtype, device=T_bb.device)
+    T_ext[:width, :width] = T_bb
+    T_ext[width:, width:].fill_diagonal_(1.0)
+    T_ext = T_ext.reshape(-1)
+    cols_all = torch.sort((~block_mask).to(torch.uint8), dim=1, stable=True).indices  # pruned first
+    slots = torch.arange(s_max, device=W_block.device)
+    itemsize = W_block.element_size()
     for lo, hi, s in _chunk_plan(groups, lambda s: s * s * (8 + 4 * itemsize) + 64 * s, budget):
         idx = order[lo:hi]
-        bm = block_mask[idx]
-        cols = torch.sort((~bm).to(torch.uint8), dim=1, stable=True).indices[:, :s]  # pruned first
-        valid = torch.arange(s, device=W_block.device) < counts[idx].unsqueeze(1)
-        R_hat = T_flat[cols.unsqueeze(2) * width + cols.unsqueeze(1)]
-        R_hat.masked_fill_(~(valid.unsqueeze(2) & valid.unsqueeze(1)), 0.0)
-        R_hat.diagonal(dim1=1, dim2=2).masked_fill_(~valid, 1.0)
+        cols = cols_all[idx, :s]
+        valid = slots[:s] < counts[idx].unsqueeze(1)
+        ext = torch.where(valid, cols, width + slots[:s])
+        R_hat = T_ext[(ext * side).unsqueeze(2) + ext.unsqueeze(1)]
         u = torch.gather(W_block[idx], 1, cols) * valid
-        x = K.spd_solve(R_hat, u)
-        Xs[idx.unsqueeze(1), cols] = x
+        Xs[idx.unsqueeze(1), cols] = K.spd_solve(R_hat, u)
     return Xs
 
 
@@ -263,25 +277,41 @@ def _chunk_plan(groups, row_bytes, budget):
     return chunks
 
 
-def _thanos_structured(Wk, Hinv, norms, rows, opts: spec.Options, mask):
-    """Alg. 2: the s columns of lowest column loss (Eq. 15, over the non-outlier rows) are removed
-    from those rows with W <- W - W[:, q] ((H^-1)_qq)^-1 (H^-1)_{q,:}: one s x s Cholesky, one GEMM."""
+def _thanos_structured(Wk, V, Hc, norms, rows, opts: spec.Options, mask):
+    """Alg. 2: the s columns q of lowest column loss (Eq. 15, over the non-outlier rows) are removed
+    from those rows with W <- W - W[:, q] ((H^-1)_qq)^-1 (H^-1)_{q,:} (sub-blocks of the inverse).
+
+    (H^-1)_{q,:} = (V^-T V^-1 E_q)^T costs two triangular solves with s right-hand sides; then one
+    s x s Cholesky solve and one GEMM. Returns the layer loss of the change, from its low-rank
+    form (no c x b x b product): with Xt = W[:, q] R_hat^-1 and res = the rounding left in the
+    removed columns, D = -(Xt R + res E_q^T) and 1/2 tr(D H D^T) needs only R H (s x b)."""
     b = Wk.shape[1]
     s = spec.structured_column_count(opts.sparsity, opts.alpha, b)
     Wr = Wk[rows]
     q = K.smallest_columns(((Wr * norms) ** 2).sum(0), s)
     if s == 0:
-        return
-    R = Hinv[q]  # (s, b)
-    L, info = torch.linalg.cholesky_ex(R[:, q])
+        return 0.0
+    E = torch.zeros((b, s), dtype=Wk.dtype, device=Wk.device)
+    E[q, torch.arange(s, device=Wk.device)] = 1.0
+    R = torch.linalg.solve_triangular(V.mT, torch.linalg.solve_triangular(V, E, upper=True), upper=False).mT
+    R_hat = R[:, q]
+    L, info = torch.linalg.cholesky_ex(R_hat)
     if int(info) == 0:
         X = torch.cholesky_solve(Wr[:, q].mT, L)  # (s, c_active)
     else:  # float32 rounding broke the sub-block's definiteness: redo it in float64
-        X = torch.cholesky_solve(Wr[:, q].mT.double(), torch.linalg.cholesky(R[:, q].double())).to(Wr.dtype)
+        X = torch.cholesky_solve(Wr[:, q].mT.double(), torch.linalg.cholesky(R_hat.double())).to(Wr.dtype)
     Wr.addmm_(X.mT, R, alpha=-1.0)
+    res = Wr[:, q].clone()
     Wr[:, q] = 0.0
     Wk[rows] = Wr
     mask[rows.unsqueeze(1), q] = True
+    RH = R @ Hc  # (s, b)
+    Xt = X.mT
+    f64 = torch.float64
+    quadratic = ((Xt @ (RH @ R.mT)) * Xt).sum(dtype=f64)
+    cross = ((Xt @ RH[:, q]) * res).sum(dtype=f64)
+    residual = ((res @ Hc[q][:, q]) * res).sum(dtype=f64)
+    return 0.5 * float(quadratic + 2 * cross + residual)
 
 
 # --------------------------------------------------------------------------------- SparseGPT
