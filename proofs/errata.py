@@ -292,8 +292,8 @@ def errata_d() -> LedgerItem:
                 ok &= s == (round(x) if is_int else math.ceil(x)) and eff >= p - 1e-12
                 gap = max(gap, eff - p)
                 bound = max(bound, 1.0 / b + 1.0 / ((1.0 - alpha) * c))
-                rows.append(f"| {b:5d} | {c:5d} | {p:.1f} | {alpha:.1f} | {x:11.4f} | {'yes' if is_int else 'no ':3s} "
-                            f"| {s:4d} | {math.floor(x + 1e-9):4d} | {eff:.5f} |")
+                rows.append(f"| {b:5d} | {c:5d} | {p:.1f} | {alpha:5.1f} | {x:12.4f} | {'yes' if is_int else 'no':3s} "
+                            f"| {s:4d} | {math.floor(x + 1e-9):5d} | {eff:9.5f} |")
     ok &= fractional > 0
     # float p*b/(1-alpha) lands an ulp above an integer for some p: a plain ceil then takes one column too many
     over = [(round(float(p), 2), b) for p in np.arange(1, 100) / 100 for b in (100, 576, 1536, 4096, 11008)
