@@ -32,7 +32,8 @@ def psi_metric(W, H) -> np.ndarray:
 
 
 def row_loss(W, H) -> np.ndarray:
-    """Row loss, Eq. (14): h_k = sum_j W_kj^2 ||X_j||^2 (the loss of removing row k without update).
+    """Row loss, Eq. (14): h_k = sum_j W_kj^2 ||X_j||^2 (the sum of the row's one-weight OBD losses;
+    the true no-update cost 1/2 w H w^T of removing the whole row differs when features correlate).
 
     W: (c, b), H: (b, b) -> (c,)."""
     return np.sum(psi_metric(W, H) ** 2, axis=1)
