@@ -16,16 +16,18 @@ from . import spec
 
 
 def prepare_hessian(W: np.ndarray, H: np.ndarray, percdamp: float):
-    """Dead columns and damping (DESIGN.md): H_jj = 0 -> H_jj = 1 and W[:, j] = 0; then add
-    lambda = percdamp * mean(diag H) to the diagonal, raising it x10 while Cholesky fails.
+    """Dead columns and damping (DESIGN.md): H_jj = 0 -> H_jj = mean(diag H) and W[:, j] = 0; then
+    add lambda = percdamp * mean(diag H) to the diagonal, raising it x10 while Cholesky fails.
 
+    mean(diag H) is that of the input H (1 if every column is dead), so the prepared matrix, the
+    damping and every update scale with H (a stand-in of 1 made both depend on H's units).
     W: (c, b) float64, modified in place; H: (b, b). Returns (U, damping) with U the upper Cholesky
     factor of the damped H^-1."""
     Hd = H.copy()
     dead = np.diag(Hd) == 0
-    Hd[dead, dead] = 1.0
+    mean_diagonal = float(np.mean(np.diag(Hd))) or 1.0
+    Hd[dead, dead] = mean_diagonal
     W[:, dead] = 0.0
-    mean_diagonal = float(np.mean(np.diag(Hd)))
     schedule = spec.damping_schedule(percdamp, mean_diagonal)
     damping = next(schedule)
     while True:
