@@ -137,40 +137,15 @@ def upper_triangular_inverse(V: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ batched solves
-_BASE = 24  # below this size LAPACK's batched potrf is used as is
-
-
-def batched_cholesky(A: torch.Tensor) -> torch.Tensor:
-    """Lower Cholesky factors of a batch of SPD matrices (k, s, s), recursively blocked so that
-    most of the work is batched GEMM (``torch.baddbmm``) and triangular solves rather than many
-    small LAPACK calls (which run at ~1 GFLOP/s on this CPU build). Raises on failure."""
-    s = A.shape[-1]
-    if s <= _BASE:
-        L, info = torch.linalg.cholesky_ex(A)
-        if bool((info != 0).any()):
-            raise torch.linalg.LinAlgError("batched Cholesky of a trailing sub-block failed")
-        return L
-    h = s // 2
-    L11 = batched_cholesky(A[:, :h, :h])
-    # L21 = A21 L11^-T  <=>  L11 L21^T = A12
-    L21 = torch.linalg.solve_triangular(L11, A[:, :h, h:], upper=False).mT
-    S = torch.baddbmm(A[:, h:, h:], L21, L21.mT, alpha=-1)
-    L22 = batched_cholesky(S)
-    L = torch.zeros_like(A)
-    L[:, :h, :h] = L11
-    L[:, h:, :h] = L21
-    L[:, h:, h:] = L22
-    return L
-
-
 def spd_solve(A: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Solve A x = u for a batch of SPD A (k, s, s) and u (k, s). If a float32 factorisation
-    breaks down (a sub-block of an ill-conditioned inverse), the batch is redone in float64."""
-    try:
-        L = batched_cholesky(A)
-    except torch.linalg.LinAlgError:
+    """Solve A x = u for a batch of SPD A (k, s, s) and u (k, s): batched Cholesky and two batched
+    triangular solves (never a batched LU solve: on the CPU build it hangs above ~150x150). If a
+    float32 factorisation breaks down (a sub-block of an ill-conditioned inverse), the batch is
+    redone in float64."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if bool((info != 0).any()):
         if A.dtype == torch.float64:
-            raise
+            raise torch.linalg.LinAlgError("batched Cholesky of a trailing sub-block failed in float64")
         return spd_solve(A.double(), u.double()).to(A.dtype)
     y = torch.linalg.solve_triangular(L, u.unsqueeze(-1), upper=False)
     return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1)

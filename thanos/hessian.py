@@ -48,8 +48,7 @@ class HessianAccumulator:
             return
         total = self._tokens + n
         self._H.mul_(self._tokens / total)
-        X = X * (2.0 / total) ** 0.5  # scaled rows: the product below is 2/N_new X^T X
-        self._H.addmm_(X.mT, X)
+        self._H.addmm_(X.mT, X, alpha=2.0 / total)
         self._tokens = total
 
     @property
