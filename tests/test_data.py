@@ -1,0 +1,112 @@
+"""thanos.data: calibration windows, evaluation windows, text sources, perplexity."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from thanos import data
+from thanos.assets import byte_tokenizer, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return byte_tokenizer()
+
+
+def test_default_texts_are_the_packaged_samples():
+    assert data.default_calibration_path().name == "c4.utf8"
+    assert data.default_eval_path().name == "wiki.utf8"
+    assert data.default_calibration_path().stat().st_size > 1_000_000
+
+
+def test_strip_doc_tags_removes_only_markup_lines():
+    text = '<doc id="1" url="u" title="T">\nT\n\nBody <doc> inline.\n</doc>\n<doc id="2">\nNext\n</doc>\n'
+    assert data.strip_doc_tags(text) == "T\n\nBody <doc> inline.\nNext\n"
+
+
+def test_default_eval_text_has_no_doc_lines():
+    text = data.read_text(data.default_eval_path(), strip_docs=True)
+    assert "<doc id=" not in text and "</doc>" not in text
+    assert len(text) > 1_000_000
+
+
+def test_calibration_windows_are_seeded_slices_of_the_text(tokenizer, tmp_path):
+    source = tmp_path / "cal.txt"
+    source.write_text("abcdefghijklmnopqrstuvwxyz" * 40)
+    tokens = data.calibration_tokens(tokenizer, source)
+    a = data.calibration_windows(tokenizer, source, nsamples=6, seqlen=17, seed=3)
+    b = data.calibration_windows(tokenizer, source, nsamples=6, seqlen=17, seed=3)
+    c = data.calibration_windows(tokenizer, source, nsamples=6, seqlen=17, seed=4)
+    assert a.shape == (6, 17) and a.dtype == torch.long
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    joined = tokens.tolist()
+    for row in a.tolist():  # every window is a contiguous slice of the token stream
+        assert any(joined[s : s + 17] == row for s in range(len(joined) - 16))
+
+
+def test_too_little_text_names_needed_and_found(tokenizer, tmp_path):
+    source = tmp_path / "short.txt"
+    source.write_text("tiny")  # 4 byte tokens
+    with pytest.raises(ValueError, match=r"need at least 10 tokens, found 4"):
+        data.calibration_windows(tokenizer, source, nsamples=2, seqlen=10)
+    with pytest.raises(ValueError, match=r"needs 10 tokens, found 4"):
+        data.eval_windows(data.eval_tokens(tokenizer, source), 10)
+
+
+def test_eval_windows_are_non_overlapping_and_capped():
+    tokens = torch.arange(103)
+    w = data.eval_windows(tokens, 10)
+    assert w.shape == (10, 10) and torch.equal(w.flatten(), torch.arange(100))
+    assert data.eval_windows(tokens, 10, max_windows=3).shape == (3, 10)
+    assert data.eval_windows(tokens, 10, max_windows=50).shape == (10, 10)
+    with pytest.raises(ValueError, match="max_windows"):
+        data.eval_windows(tokens, 10, max_windows=0)
+
+
+def test_dataset_folder_with_txt_json_jsonl(tmp_path):
+    folder = tmp_path / "ds"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    (folder / "b.jsonl").write_text(json.dumps({"text": "beta", "id": 1}) + "\n" + json.dumps({"text": "gamma"}) + "\n")
+    (folder / "sub" / "c.json").write_text(json.dumps([{"text": "delta"}, {"text": "epsilon"}]))
+    (folder / "dataset_info.json").write_text(json.dumps({"description": "not text"}))
+    assert data.read_text(folder) == "alpha\n\nbeta\n\ngamma\n\ndelta\n\nepsilon"
+
+
+def test_json_without_text_column_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"content": "no"}) + "\n")
+    with pytest.raises(ValueError, match="record 0 has no 'text' field"):
+        data.read_text(path)
+    with pytest.raises(ValueError, match="no .txt"):
+        (tmp_path / "empty").mkdir()
+        data.read_text(tmp_path / "empty")
+
+
+def test_parquet_folder(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed")
+    import pyarrow as pa
+
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.table({"text": ["one", "two"]}), tmp_path / "ds" / "train.parquet")
+    assert data.read_text(tmp_path / "ds") == "one\n\ntwo"
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        data.read_text(tmp_path / "nope.txt")
+
+
+def test_perplexity_is_exp_mean_cross_entropy_over_all_predicted_tokens():
+    model, tok = tiny_model("llama", seed=1)
+    windows = torch.randint(0, len(tok), (3, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+    result = data.perplexity(model, windows, batch_size=2)
+    assert result.tokens == 3 * 8 and result.windows == 3
+    assert result.value == pytest.approx(math.exp(float(nll)), rel=1e-5)

