@@ -15,9 +15,19 @@ from . import equations as eq
 from . import spec
 
 
+def _numerically_singular(A: np.ndarray) -> bool:
+    """lambda_min(A) <= 10 b eps lambda_max(A): an exactly singular 2 X X^T comes out of rounding with
+    |lambda_min| up to ~3 b eps lambda_max (forming it, then eigvalsh), and Cholesky may then pass on
+    tiny positive pivots, leaving an H^-1 of noise whose later solves fail. Such a matrix counts as a
+    failed factorisation, so damping steps up. A = A^T (b, b)."""
+    lam = np.linalg.eigvalsh(A)
+    return not lam[0] > 10.0 * A.shape[0] * np.finfo(np.float64).eps * lam[-1]
+
+
 def prepare_hessian(W: np.ndarray, H: np.ndarray, percdamp: float):
     """Dead columns and damping (DESIGN.md): H_jj = 0 -> H_jj = mean(diag H) and W[:, j] = 0; then
-    add lambda = percdamp * mean(diag H) to the diagonal, raising it x10 while Cholesky fails.
+    add lambda = percdamp * mean(diag H) to the diagonal, raising it x10 while Cholesky fails or
+    the damped matrix is numerically singular.
 
     mean(diag H) is that of the input H (1 if every column is dead), so the prepared matrix, the
     damping and every update scale with H (a stand-in of 1 made both depend on H's units).
@@ -32,7 +42,10 @@ def prepare_hessian(W: np.ndarray, H: np.ndarray, percdamp: float):
     damping = next(schedule)
     while True:
         try:
-            U = eq.inverse_cholesky_factor(Hd + damping * np.eye(Hd.shape[0]))
+            Hdamped = Hd + damping * np.eye(Hd.shape[0])
+            if _numerically_singular(Hdamped):
+                raise np.linalg.LinAlgError("numerically singular")
+            U = eq.inverse_cholesky_factor(Hdamped)
             return U, damping
         except (np.linalg.LinAlgError, sla.LinAlgError):
             nxt = next(schedule, None)
