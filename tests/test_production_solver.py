@@ -155,6 +155,26 @@ def test_float64_matches_reference_with_dead_and_duplicated_columns(device, data
     T.assert_close(_np(prod.weight), ref.weight, tol=tol, scale=float(np.abs(layer.W).max()), kappa=kappa, what=f"{kwargs}: weights")
 
 
+@device_settings
+@given(data=st.data())
+def test_undamped_singular_h_steps_damping_like_the_reference(device, data):
+    """percdamp = 0 on a rank-deficient H: a load counts as failed when Cholesky breaks down or the
+    damped H is numerically singular (reference.prepare_hessian); production must step through the
+    same loads, with the same warnings, and then agree with the reference."""
+    layer = data.draw(S.layers(max_c=6, max_b=12, max_kappa=1e4, hessian="tokens", rank_deficient=True), label="layer")
+    method = data.draw(st.sampled_from(["thanos", "sparsegpt"]), label="method")
+    kwargs = dict(method=method, pattern="unstructured", sparsity=0.5, percdamp=0.0)
+    with warnings.catch_warnings(record=True) as prod_warnings:
+        warnings.simplefilter("always")
+        prod = thanos.prune(torch.tensor(layer.W, device=device), torch.tensor(layer.H, device=device),
+                            compute_dtype=torch.float64, **kwargs)
+    with warnings.catch_warnings(record=True) as ref_warnings:
+        warnings.simplefilter("always")
+        ref = reference.prune(layer.W, layer.H, **kwargs)
+    assert [str(w.message) for w in prod_warnings] == [str(w.message) for w in ref_warnings]
+    _assert_same_decisions(prod, ref, f"{kwargs}")
+
+
 def test_golden_medium_layer_many_blocks_and_chunks(device):
     """A layer large enough for the batched paths: 48 rows of 96 columns, blocks of 32, so every
     block holds rows of many different counts (chunked, padded); and once more with a budget so
@@ -359,6 +379,10 @@ def test_golden_ties_break_by_row_major_position():
     for kwargs in (dict(pattern="unstructured", sparsity=3 / 8), dict(pattern="2:4")):
         ref = reference.prune(W.double().numpy(), None, method="magnitude", **kwargs)
         assert np.array_equal(thanos.prune(W, None, method="magnitude", **kwargs).mask.numpy(), ref.mask)
+    wanda = thanos.prune(W, torch.eye(4), method="wanda", pattern="unstructured", sparsity=0.5)
+    assert wanda.mask.tolist() == [[True, True, False, False], [True, False, True, False]], wanda.mask
+    ref = reference.prune(W.double().numpy(), np.eye(4), method="wanda", pattern="unstructured", sparsity=0.5)
+    assert np.array_equal(wanda.mask.numpy(), ref.mask)
 
 
 def test_golden_thanos_one_block_is_the_fixed_mask_optimum():

@@ -7,6 +7,7 @@ position (row-major for the layer-wide masks, by column inside a row or an N:M g
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -52,8 +53,9 @@ def _kth_smallest(flat: torch.Tensor, k: int):
         slack = 4.0 * (m * (k / total) * (1 - k / total)) ** 0.5 + 4
         lo = sample[max(0, int(centre - slack))]
         hi = sample[min(m - 1, int(centre + slack))]
-        n_below_lo = int((flat < lo).sum())
-        inside = flat[(flat >= lo) & (flat <= hi)]
+        below_lo = flat < lo
+        n_below_lo = int(below_lo.sum())
+        inside = flat[(flat <= hi) ^ below_lo]  # lo <= hi, so this is lo <= flat <= hi
         if n_below_lo < k <= n_below_lo + inside.numel():
             lo_count, candidates = n_below_lo, inside
     t = torch.kthvalue(candidates, k - lo_count).values
@@ -61,12 +63,19 @@ def _kth_smallest(flat: torch.Tensor, k: int):
 
 
 def smallest_per_row(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Per-row mask of the ``count`` smallest scores, ties to the lower column."""
-    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    if count > 0:
-        order = torch.sort(scores, dim=1, stable=True).indices[:, :count]
-        mask.scatter_(1, order, True)
-    return mask
+    """Per-row mask of the ``count`` smallest scores, ties to the lower column (a stable argsort's
+    choice), without sorting: the per-row ``count``-th smallest value t, everything below t, and
+    of the entries equal to t the first ones by column."""
+    c, n = scores.shape
+    if count <= 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if count >= n:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    threshold = torch.kthvalue(scores, count, dim=1, keepdim=True).values
+    below = scores < threshold
+    at = scores == threshold
+    needed = count - below.sum(1, keepdim=True)
+    return below | (at & (at.cumsum(1) <= needed))
 
 
 def n_m_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -92,32 +101,55 @@ def largest_rows(row_scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ factorisation
-def damped_factor(H: torch.Tensor, mean_diagonal: float, percdamp: float, inverse: bool = True):
-    """Factor the damped H as H + lambda I = V V^T with V *upper* triangular, and (``inverse``)
-    U = V^-1, the upper Cholesky factor of the damped H^-1 (H^-1 = V^-T V^-1 = U^T U; U is upper
-    with a positive diagonal, so by uniqueness it is that factor). H^-1 itself is never formed.
+def damped_factor(H: torch.Tensor, mean_diagonal: float, percdamp: float, H64: torch.Tensor | None = None):
+    """Factor the damped H as H + lambda I = V V^T with V *upper* triangular, and U = V^-1, the upper
+    Cholesky factor of the damped H^-1 (H^-1 = V^-T V^-1 = U^T U; U is upper with a positive
+    diagonal, so by uniqueness it is that factor). H^-1 itself is never formed.
 
     V comes from the lower Cholesky factor of the reversed matrix: P H P = L L^T gives
     H = (P L P)(P L P)^T with P L P upper. The loads of ``spec.damping_schedule`` are tried in turn;
-    each failure (Cholesky breakdown, or a non-finite U) warns (RuntimeWarning) and raises the load;
-    after the last a ``torch.linalg.LinAlgError`` with ``spec.damping_error``.
-    Returns (V, U or None, damping)."""
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    a load fails, as in ``reference.prepare_hessian``, when Cholesky breaks down, U is not finite,
+    or the damped matrix A is numerically singular: lambda_min(A) <= 10 b eps64 lambda_max(A).
+    That last test is certified cheaply -- lambda_min(A) = 1/||U||_2^2 >= 1/||U||_F^2 and
+    lambda_max(A) <= ||A||_F -- and only when the certificate fails (a load near the scale of
+    rounding, e.g. percdamp = 0 on a singular H) decided exactly like the reference, by float64
+    eigenvalues of ``H64 + lambda I`` (H64: the prepared H in float64). Each failure warns
+    (RuntimeWarning) and raises the load; after the last a ``torch.linalg.LinAlgError`` with
+    ``spec.damping_error``. Returns (V, U, damping)."""
+    b = H.shape[0]
+    eye = torch.eye(b, dtype=H.dtype, device=H.device)
     flipped = H.flip(0, 1)
     schedule = spec.damping_schedule(percdamp, mean_diagonal)
     damping = next(schedule)
+    singular_ratio = 10.0 * b * 2.0**-52
+    h_norm = _frobenius(H)
     while True:
         L, info = torch.linalg.cholesky_ex(flipped + damping * eye)
         if int(info) == 0:
             V = L.flip(0, 1)
-            U = upper_triangular_inverse(V) if inverse else None
-            if U is None or bool(torch.isfinite(U).all()):
-                return V, U, damping
+            U = upper_triangular_inverse(V)
+            u_norm2 = _frobenius(U) ** 2
+            if math.isfinite(u_norm2):
+                a_norm = h_norm + damping * math.sqrt(b)  # >= ||H + lambda I||_F >= lambda_max
+                if u_norm2 * singular_ratio * a_norm < 1.0 or not _numerically_singular(H64, damping, singular_ratio):
+                    return V, U, damping
         nxt = next(schedule, None)
         if nxt is None:
             raise torch.linalg.LinAlgError(spec.damping_error(damping))
         warnings.warn(spec.damping_warning(damping, nxt), RuntimeWarning, stacklevel=4)
         damping = nxt
+
+
+def _frobenius(A: torch.Tensor) -> float:
+    """||A||_F as a Python float, in float64 only if the compute dtype overflows."""
+    norm = float(torch.linalg.matrix_norm(A))
+    return norm if math.isfinite(norm) else float(torch.linalg.matrix_norm(A.double()))
+
+
+def _numerically_singular(H64: torch.Tensor, damping: float, ratio: float) -> bool:
+    """The reference's test, in float64: lambda_min <= ratio * lambda_max of H64 + damping I."""
+    lam = torch.linalg.eigvalsh(H64 + damping * torch.eye(H64.shape[0], dtype=torch.float64, device=H64.device))
+    return not float(lam[0]) > ratio * float(lam[-1])
 
 
 def upper_triangular_inverse(V: torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,7 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
     loss = None
     if opts.method in ("thanos", "sparsegpt"):
         structured = opts.method == "thanos" and opts.kind == "structured"
-        V, U, Hdamped, damping, any_dead = _prepare_hessian(Wk, H, Hc, opts.percdamp, not structured, explicit)
+        V, U, Hdamped, damping, any_dead = _prepare_hessian(Wk, H, Hc, opts.percdamp, explicit)
         if opts.method == "sparsegpt":
             _sparsegpt(Wk, U, opts, mask)
         else:
@@ -137,7 +137,7 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
             keep[outliers] = False
             rows = keep.nonzero().squeeze(1)
             if structured:
-                loss = _thanos_structured(Wk, V, Hc, norms, rows, opts, mask)
+                loss = _thanos_structured(Wk, U, Hc, norms, rows, opts, mask)
                 if any_dead:  # the low-rank loss formula covers the update only
                     loss = None
             else:
@@ -155,24 +155,26 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
     )
 
 
-def _prepare_hessian(Wk, H, Hc, percdamp, inverse, explicit):
+def _prepare_hessian(Wk, H, Hc, percdamp, explicit):
     """Dead columns and damping, as ``reference.prepare_hessian``: H_jj = 0 -> H_jj = mean(diag H)
     (of the input H; 1 if every column is dead) and W[:, j] = 0; damping percdamp * mean(diag H).
 
     Returns (V, U, damped H or None, damping, any dead column) in the compute dtype, with
-    H + lambda I = V V^T (V upper) and U = V^-1 the upper Cholesky factor of the damped H^-1
-    (None unless ``inverse``)."""
+    H + lambda I = V V^T (V upper) and U = V^-1 the upper Cholesky factor of the damped H^-1."""
     diag64 = H.detach().diagonal().to(torch.float64)
     dead = (diag64 == 0).to(Wk.device)
     # mean(diag) exactly as the reference computes it (NumPy's pairwise float64 sum), so that the
     # damping recorded in the result is the same number
     mean_diagonal = float(np.mean(diag64.cpu().numpy())) or 1.0
     Hd = Hc.clone()
+    H64 = H.detach().to(device=Wk.device, dtype=torch.float64, copy=True)
     any_dead = bool(dead.any())
     if any_dead:
         Hd.diagonal()[dead] = mean_diagonal
+        H64.diagonal()[dead] = mean_diagonal
         Wk[:, dead] = 0.0
-    V, U, damping = K.damped_factor(Hd, mean_diagonal, percdamp, inverse)
+    V, U, damping = K.damped_factor(Hd, mean_diagonal, percdamp, H64)
+    del H64
     Hdamped = None
     if explicit:
         Hdamped = Hd
@@ -281,23 +283,21 @@ def _chunk_plan(groups, row_bytes, budget):
     return chunks
 
 
-def _thanos_structured(Wk, V, Hc, norms, rows, opts: spec.Options, mask):
+def _thanos_structured(Wk, U, Hc, norms, rows, opts: spec.Options, mask):
     """Alg. 2: the s columns q of lowest column loss (Eq. 15, over the non-outlier rows) are removed
     from those rows with W <- W - W[:, q] ((H^-1)_qq)^-1 (H^-1)_{q,:} (sub-blocks of the inverse).
 
-    (H^-1)_{q,:} = (V^-T V^-1 E_q)^T costs two triangular solves with s right-hand sides; then one
-    s x s Cholesky solve and one GEMM. Returns the layer loss of the change, from its low-rank
-    form (no c x b x b product): with Xt = W[:, q] R_hat^-1 and res = the rounding left in the
-    removed columns, D = -(Xt R + res E_q^T) and 1/2 tr(D H D^T) needs only R H (s x b)."""
+    (H^-1)_{q,:} = U[:, q]^T U is one GEMM; then one s x s Cholesky solve and one GEMM. Returns the
+    layer loss of the change, from its low-rank form (no c x b x b product): with
+    Xt = W[:, q] R_hat^-1 and res = the rounding left in the removed columns,
+    D = -(Xt R + res E_q^T) and 1/2 tr(D H D^T) needs only R H (s x b)."""
     b = Wk.shape[1]
     s = spec.structured_column_count(opts.sparsity, opts.alpha, b)
     Wr = Wk[rows]
     q = K.smallest_columns(((Wr * norms) ** 2).sum(0), s)
     if s == 0:
         return 0.0
-    E = torch.zeros((b, s), dtype=Wk.dtype, device=Wk.device)
-    E[q, torch.arange(s, device=Wk.device)] = 1.0
-    R = torch.linalg.solve_triangular(V.mT, torch.linalg.solve_triangular(V, E, upper=True), upper=False).mT
+    R = U[:, q].mT @ U  # (s, b)
     R_hat = R[:, q]
     L, info = torch.linalg.cholesky_ex(R_hat)
     if int(info) == 0:
