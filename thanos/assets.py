@@ -83,11 +83,20 @@ def load_model(path: Optional[Union[str, Path]] = None, *, dtype: torch.dtype = 
         warnings.simplefilter("ignore", FutureWarning)
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    _forget_gguf_quantizer(model)
     model.eval()
     return model, tokenizer
 
 
-def byte_tokenizer():
+def _forget_gguf_quantizer(model) -> None:
+    """A GGUF checkpoint dequantised on load is a plain float model, but transformers keeps its
+    GGUF "quantizer" attached, which makes ``save_pretrained`` refuse. Drop it when every parameter
+    is an ordinary floating tensor (nothing is left packed)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None or type(quantizer).__name__ != "GgufHfQuantizer":
+        return
+    if all(type(p) is torch.nn.Parameter and p.dtype.is_floating_point for p in model.parameters()):
+        quantizer.remove_quantization_config(model)
     """A byte-level tokenizer (256 byte tokens + ``<eos>``), no training, no download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -1,0 +1,179 @@
+"""``python -m benchmarks quality``: perplexity of SmolLM2-135M pruned by every method and pattern.
+
+Dense, magnitude, Wanda, SparseGPT and Thanos at 50% unstructured, 4:8, 2:4 and structured 30%
+(Thanos also with alpha = 0.1 outlier rows), calibrated on C4 and evaluated on the Wikipedia
+sample (exllamav3's standard_cal_data), with wall times and peak memory. Writes
+``benchmarks/results/quality.json`` and the table of the "## Quality on SmolLM2-135M" section of
+``benchmarks/README.md`` (only that section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import re
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "quality.json"
+README = HERE / "README.md"
+SECTION = "## Quality on SmolLM2-135M"
+
+RUNS = (
+    ("magnitude", "unstructured", 0.5, 0.0), ("wanda", "unstructured", 0.5, 0.0),
+    ("sparsegpt", "unstructured", 0.5, 0.0), ("thanos", "unstructured", 0.5, 0.0),
+    ("magnitude", "4:8", None, 0.0), ("wanda", "4:8", None, 0.0), ("sparsegpt", "4:8", None, 0.0), ("thanos", "4:8", None, 0.0),
+    ("magnitude", "2:4", None, 0.0), ("wanda", "2:4", None, 0.0), ("sparsegpt", "2:4", None, 0.0), ("thanos", "2:4", None, 0.0),
+    ("magnitude", "structured", 0.3, 0.0), ("wanda", "structured", 0.3, 0.0), ("sparsegpt", "structured", 0.3, 0.0),
+    ("thanos", "structured", 0.3, 0.0), ("thanos", "structured", 0.3, 0.1),
+)
+PATTERN_LABEL = {"unstructured": "50% unstructured", "4:8": "4:8", "2:4": "2:4", "structured": "structured 30%"}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks quality", description=__doc__.splitlines()[0])
+    p.add_argument("--nsamples", type=int, default=32, help="calibration windows (default: 32)")
+    p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window (default: 256)")
+    p.add_argument("--eval-seqlen", type=int, default=512, help="tokens per perplexity window (default: 512)")
+    p.add_argument("--max-windows", type=int, default=8, help="perplexity windows (default: 8)")
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--only", default=None, help="comma-separated methods (default: all)")
+    p.add_argument("--out", default=str(RESULTS), help=f"JSON output (default: {RESULTS.relative_to(HERE.parent)})")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    for name in ("nsamples", "seqlen", "eval_seqlen", "max_windows", "block_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.only:
+        from reference.spec import METHODS
+
+        bad = [m for m in args.only.split(",") if m not in METHODS]
+        if bad:
+            p.error(f"--only: unknown method(s) {bad}")
+    return args
+
+
+def targets(runs: list) -> list:
+    """The quality targets of the issue, judged on these numbers: (name, met, evidence)."""
+    def ppl(method, pattern, alpha=0.0):
+        for r in runs:
+            if (r["method"], r["pattern"], r["alpha"]) == (method, pattern, alpha):
+                return r["perplexity"]
+        return None
+
+    out = []
+    for pattern in ("2:4", "4:8", "structured"):
+        t, s = ppl("thanos", pattern), ppl("sparsegpt", pattern)
+        if t is not None and s is not None:
+            out.append((f"thanos <= sparsegpt at {PATTERN_LABEL[pattern]}", t <= s, f"{t:.2f} vs {s:.2f}"))
+    t, s = ppl("thanos", "unstructured"), ppl("sparsegpt", "unstructured")
+    if t is not None and s is not None:
+        out.append(("thanos within 3% of sparsegpt at 50% unstructured", t <= 1.03 * s, f"{t:.2f} vs {s:.2f} ({(t / s - 1) * 100:+.1f}%)"))
+    t = ppl("thanos", "structured")
+    for other in ("wanda", "magnitude"):
+        o = ppl(other, "structured")
+        if t is not None and o is not None:
+            out.append((f"thanos far better than {other} at structured 30%", t < 0.5 * o, f"{t:.2f} vs {o:.2f}"))
+    return out
+
+
+def markdown(payload: dict) -> str:
+    s = payload["settings"]
+    lines = [
+        SECTION, "",
+        f"Written by `{payload['command']}` on {payload['machine']} ({payload['threads']} threads), "
+        f"{payload['date']}; total {payload['wall_seconds'] / 60:.1f} min, peak RSS {payload['max_rss_mib']:.0f} MiB "
+        f"(the dense model and one pruned copy resident).",
+        "",
+        f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32), every Linear of the 30 decoder blocks pruned; "
+        f"calibration: {s['nsamples']} random windows of {s['seqlen']} tokens of C4 (seed {s['seed']}); "
+        f"perplexity: the first {payload['eval_windows']} non-overlapping windows of {s['eval_seqlen']} tokens of the "
+        f"Wikipedia sample; block size {s['block_size']}, percdamp 0.01. Time: one run of the pruning pass (calibration "
+        f"forwards + solver), without the evaluation.",
+        "",
+        "| method | pattern | alpha | perplexity | sparsity | time (s) |",
+        "|---|---|---|---|---|---|",
+        f"| dense | - | - | {payload['dense_perplexity']:.2f} | 0 | - |",
+    ]
+    for r in payload["runs"]:
+        lines.append(f"| {r['method']} | {PATTERN_LABEL[r['pattern']]} | {r['alpha']:g} | {r['perplexity']:.2f} | "
+                     f"{r['achieved_sparsity']:.4f} | {r['seconds']:.1f} |")
+    lines += ["", "Targets:", ""]
+    for name, met, evidence in payload["targets"]:
+        lines.append(f"- {'met' if met else '**missed**'}: {name} ({evidence})")
+    lines.append(f"- {'met' if payload['max_rss_mib'] < 4096 else '**missed**'}: peak memory pruning on CPU under 4 GB "
+                 f"({payload['max_rss_mib']:.0f} MiB for the whole benchmark process)")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_section(text: str, readme: Path = README) -> None:
+    """Replace the body of the Quality section only (up to the next '## ' heading or the end)."""
+    content = readme.read_text(encoding="utf-8")
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if not pattern.search(content):
+        raise ValueError(f"{readme}: no {SECTION!r} section")
+    rest_follows = bool(re.search(rf"^{re.escape(SECTION)}\n.*?^## ", content, re.S | re.M))
+    content = pattern.sub(lambda _m: text + ("\n" if rest_follows else ""), content, count=1)
+    readme.write_text(content, encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    import torch
+
+    from thanos import data
+    from thanos.assets import load_model
+    from thanos.model import prune_model
+
+    started = time.perf_counter()
+    model, tokenizer = load_model()
+    calibration = data.calibration_windows(tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+    windows = data.eval_windows(data.eval_tokens(tokenizer), args.eval_seqlen, args.max_windows)
+    dense = data.perplexity(model, windows, device=args.device).value
+    print(f"dense perplexity {dense:.3f}", flush=True)
+    only = None if not args.only else set(args.only.split(","))
+    runs = []
+    for method, pattern, sparsity, alpha in RUNS:
+        if only is not None and method not in only:
+            continue
+        pruned = copy.deepcopy(model)
+        result = prune_model(pruned, calibration, method=method, pattern=pattern, sparsity=sparsity, alpha=alpha,
+                             block_size=args.block_size, device=args.device, progress=not args.no_progress)
+        ppl = data.perplexity(pruned, windows, device=args.device).value
+        runs.append(dict(method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, perplexity=ppl,
+                         achieved_sparsity=result.achieved_sparsity, seconds=result.seconds,
+                         solver_seconds=sum(layer.seconds for layer in result.layers)))
+        print(f"{method:9s} {pattern:12s} alpha={alpha:<4g} perplexity {ppl:9.3f}  sparsity {result.achieved_sparsity:.4f}  "
+              f"{result.seconds:6.1f} s", flush=True)
+        del pruned
+    command = "python -m benchmarks quality" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
+    payload = dict(
+        command=command, date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()} CPU", threads=torch.get_num_threads(),
+        settings={k: v for k, v in vars(args).items() if k not in ("out", "no_readme", "no_progress")},
+        eval_windows=int(windows.shape[0]), dense_perplexity=dense, runs=runs,
+        wall_seconds=time.perf_counter() - started,
+        max_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        versions={"torch": torch.__version__, "python": platform.python_version()},
+    )
+    payload["targets"] = [list(t) for t in targets(runs)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    text = markdown(payload)
+    print("\n" + text)
+    if not args.no_readme:
+        write_readme_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
