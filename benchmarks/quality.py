@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import re
 import resource
@@ -19,6 +20,8 @@ import shlex
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see thanos/cli.py
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "quality.json"
