@@ -17,7 +17,9 @@ Defaults are sized to finish in under 10 minutes on 2 CPU cores.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import json
 import math
 import sys
@@ -136,6 +138,44 @@ def nm_violations(weight, n: int, m: int) -> int:
 
 
 # ------------------------------------------------------------------------------------ differential
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run NumPy's OpenBLAS on one thread inside the block (restored after).
+
+    The reference is a Python loop of small float64 solves and products; with two OpenBLAS threads
+    each tiny call pays a thread hand-off, and on 2 shared cores that made the reference
+    comparison several times slower than on one thread (measured here). OpenBLAS reads its
+    thread count once at load, so the count is set through its C API; a BLAS without that API
+    (or none found) leaves everything as it was."""
+    setters = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        paths = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                try:
+                    set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+                    get_ = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+                except AttributeError:
+                    continue
+                get_.restype = ctypes.c_int
+                setters.append((set_, int(get_())))
+                set_(ctypes.c_int(1))
+                break
+    try:
+        yield
+    finally:
+        for set_, previous in setters:
+            set_(ctypes.c_int(previous))
 
 
 def real_hessians(model, calibration, blocks, names, batch_size: int = 8) -> dict:
@@ -284,17 +324,18 @@ def run(args) -> int:
         names = [n for n in REFERENCE_LAYERS if n in block_linears(decoder_layers(model)[0])] or list(block_linears(decoder_layers(model)[0]))[:4]
         hessians = real_hessians(model, calibration, blocks, names)
         worst = 0.0
-        for (i, name), (W, H) in hessians.items():
-            if args.reference_rows:
-                W = W[: args.reference_rows].contiguous()
-            for method, pattern, sparsity, alpha in RUNS:
-                res = compare_with_reference(W, H, method, pattern, sparsity, alpha)
-                res["layer"] = f"{i}.{name}"
-                report.differential.append(res)
-                if res.get("weight_error_units") is not None:
-                    worst = max(worst, res["weight_error_units"])
-                if not res["passed"]:
-                    report.check(f"production == reference: {i}.{name} {method} {pattern} alpha={alpha}", False, res["verdict"])
+        with single_threaded_blas():
+            for (i, name), (W, H) in hessians.items():
+                if args.reference_rows:
+                    W = W[: args.reference_rows].contiguous()
+                for method, pattern, sparsity, alpha in RUNS:
+                    res = compare_with_reference(W, H, method, pattern, sparsity, alpha)
+                    res["layer"] = f"{i}.{name}"
+                    report.differential.append(res)
+                    if res.get("weight_error_units") is not None:
+                        worst = max(worst, res["weight_error_units"])
+                    if not res["passed"]:
+                        report.check(f"production == reference: {i}.{name} {method} {pattern} alpha={alpha}", False, res["verdict"])
         n_diff = sum(1 for r in report.differential if r["mask_differences"])
         report.check("production (float64) == reference on real layers", all(r["passed"] for r in report.differential),
                      f"{len(report.differential)} comparisons on {len(hessians)} layers; worst weight error {worst:.3g} "
