@@ -97,6 +97,9 @@ def _forget_gguf_quantizer(model) -> None:
         return
     if all(type(p) is torch.nn.Parameter and p.dtype.is_floating_point for p in model.parameters()):
         quantizer.remove_quantization_config(model)
+
+
+def byte_tokenizer():
     """A byte-level tokenizer (256 byte tokens + ``<eos>``), no training, no download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
