@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from thanos import verify
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see thanos/cli.py
 
 HERE = Path(__file__).resolve().parent
@@ -28,14 +30,7 @@ RESULTS = HERE / "results" / "quality.json"
 README = HERE / "README.md"
 SECTION = "## Quality on SmolLM2-135M"
 
-RUNS = (
-    ("magnitude", "unstructured", 0.5, 0.0), ("wanda", "unstructured", 0.5, 0.0),
-    ("sparsegpt", "unstructured", 0.5, 0.0), ("thanos", "unstructured", 0.5, 0.0),
-    ("magnitude", "4:8", None, 0.0), ("wanda", "4:8", None, 0.0), ("sparsegpt", "4:8", None, 0.0), ("thanos", "4:8", None, 0.0),
-    ("magnitude", "2:4", None, 0.0), ("wanda", "2:4", None, 0.0), ("sparsegpt", "2:4", None, 0.0), ("thanos", "2:4", None, 0.0),
-    ("magnitude", "structured", 0.3, 0.0), ("wanda", "structured", 0.3, 0.0), ("sparsegpt", "structured", 0.3, 0.0),
-    ("thanos", "structured", 0.3, 0.0), ("thanos", "structured", 0.3, 0.1),
-)
+RUNS = verify.RUNS  # the same 17 runs as `thanos verify`, in table order
 PATTERN_LABEL = {"unstructured": "50% unstructured", "4:8": "4:8", "2:4": "2:4", "structured": "structured 30%"}
 
 

