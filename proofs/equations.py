@@ -423,8 +423,8 @@ def check_row_column_losses() -> LedgerItem:
               f"relative error {worst:.2e} (bound {bound:.2e}). Column loss = exact loss of zeroing that column "
               f"without update, to {exact_col:.1e}. Row loss vs the exact cost 1/2 w H w^T of zeroing the row "
               f"on correlated features: ratio {ratio.min():.2f}..{ratio.max():.2f} (Eq. 14 is the diagonal "
-              f"approximation; reference.row_loss's docstring calls it 'the loss of removing row k', which holds "
-              f"only for uncorrelated features).")
+              f"approximation, the sum of one-weight OBD losses, as reference.row_loss's docstring says; "
+              f"it is the true whole-row cost only for uncorrelated features).")
     return settle("Eq. 14/15", "row loss sum_j W_kj^2||X_j||^2, column loss (row_loss, column_loss)", "proved",
                   ok, worst, bound, detail)
 
