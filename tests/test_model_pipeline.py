@@ -84,11 +84,14 @@ def test_hooks_see_all_calibration_batches(arch, monkeypatch):
     monkeypatch.setattr(thanos, "HessianAccumulator", Recording)
     model, _ = tiny_model(arch, layers=2)
     result = prune_model(model, calibration(nsamples=7, seqlen=12), method="wanda", pattern="unstructured", batch_size=3)
-    n_linears = len(result.layers)
-    # 3 forward batches (3 + 3 + 1 windows) per Linear; OPT flattens tokens in its MLP
-    assert len(seen) == 3 * n_linears
-    assert sum(int(torch.tensor(s).prod()) for s in seen) == 7 * 12 * n_linears
-    assert all(layer.tokens == 7 * 12 for layer in result.layers)
+    # Linears fed the very same tensor share one accumulation: a LLaMA block's 7 linears read 4
+    # inputs (q/k/v, o, gate/up, down), an OPT block's 6 read 4 (q/k/v, out, fc1, fc2)
+    inputs_per_block = 4
+    n_inputs = inputs_per_block * len(decoder_layers(model))
+    # 3 forward batches (3 + 3 + 1 windows) per input; OPT flattens tokens in its MLP
+    assert len(seen) == 3 * n_inputs
+    assert sum(int(torch.tensor(s).prod()) for s in seen) == 7 * 12 * n_inputs
+    assert all(layer.tokens == 7 * 12 for layer in result.layers)  # every layer got every batch
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -212,3 +215,4 @@ def test_cuda_matches_cpu():
         # a mask may flip only where two psi scores sit within that of each other: with continuous
         # random weights such near-ties are rare; 1% of entries flipping means a real divergence
         assert (masks[0] != masks[1]).float().mean() < 0.01, key
+

@@ -223,6 +223,33 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _SharedInputs:
+    """Linears fed the very same input tensor (q/k/v of attention, gate/up of a SwiGLU MLP) share one
+    Hessian: within a forward, the first linear to see a tensor accumulates it and the others
+    record that linear as the ``owner`` of their H. The tensors seen are held until the next
+    forward, so the allocator cannot hand their memory to another input of the same shape and
+    make two different inputs look the same."""
+
+    def __init__(self):
+        self.owner: dict = {}
+        self._first: dict = {}
+
+    def new_forward(self) -> None:
+        self._first.clear()
+
+    def hook(self, name: str, accumulators: dict):
+        def record(_module, args, _output):
+            x = args[0]
+            key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype)
+            first, _ = self._first.setdefault(key, (name, x))
+            if self.owner.setdefault(name, first) != first:
+                raise RuntimeError(f"{name} shared its input with {self.owner[name]} in one batch and {first} in another")
+            if first == name:
+                accumulators[name].update(x.detach())
+
+        return record
+
+
 def prune_model(
     model: nn.Module,
     calibration: Optional[torch.Tensor] = None,
@@ -290,17 +317,19 @@ def prune_model(
             linears = block_linears(block)
             accumulators, hooks = {}, []
             if needs_data:
+                seen = _SharedInputs()
                 for name, linear in linears.items():
-                    acc = thanos.HessianAccumulator(linear.in_features, device=device, dtype=torch.float32)
-                    accumulators[name] = acc
-                    hooks.append(linear.register_forward_hook(lambda _m, args, _out, acc=acc: acc.update(args[0].detach())))
+                    accumulators[name] = thanos.HessianAccumulator(linear.in_features, device=device, dtype=torch.float32)
+                    hooks.append(linear.register_forward_hook(seen.hook(name, accumulators)))
                 try:
                     with torch.no_grad():
                         for x, kw in zip(inputs, kwargs):
+                            seen.new_forward()
                             block(x, **kw)
                 finally:
                     for hook in hooks:
                         hook.remove()
+                accumulators = {name: accumulators[seen.owner.get(name, name)] for name in linears}
             for name, linear in linears.items():
                 acc = accumulators.get(name)
                 H = acc.hessian if acc is not None else None
