@@ -109,4 +109,6 @@ def test_perplexity_is_exp_mean_cross_entropy_over_all_predicted_tokens():
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
     result = data.perplexity(model, windows, batch_size=2)
     assert result.tokens == 3 * 8 and result.windows == 3
+    # float32 logits and a mean over 24 tokens in batches of 2 vs all at once: the cross-entropy
+    # differs by ~24 eps32 ~ 3e-6 of its size, and exp passes that relative error through
     assert result.value == pytest.approx(math.exp(float(nll)), rel=1e-5)
