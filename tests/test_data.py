@@ -112,3 +112,85 @@ def test_perplexity_is_exp_mean_cross_entropy_over_all_predicted_tokens():
     # float32 logits and a mean over 24 tokens in batches of 2 vs all at once: the cross-entropy
     # differs by ~24 eps32 ~ 3e-6 of its size, and exp passes that relative error through
     assert result.value == pytest.approx(math.exp(float(nll)), rel=1e-5)
+
+
+# ------------------------------------------------------------------ distinct windows, UTF-8 (issue 7)
+
+
+def test_text_that_cannot_give_distinct_windows_is_refused(tokenizer, tmp_path):
+    """43 bytes give 43 - 32 + 1 = 12 distinct windows of 32 tokens: 128 are refused, not drawn
+    with replacement; the message says what the text allows."""
+    source = tmp_path / "short.txt"
+    source.write_bytes(b"The quick brown fox jumps over the lazy dog")  # 43 bytes = 43 byte tokens
+    tokens = data.calibration_tokens(tokenizer, source)
+    assert tokens.numel() == 43
+    with pytest.raises(ValueError, match=r"43 tokens give only 12 distinct windows of seqlen=32 tokens, fewer than nsamples=128"):
+        data.calibration_windows(tokenizer, source, nsamples=128, seqlen=32)
+    windows = data.calibration_windows(tokenizer, source, nsamples=12, seqlen=32)  # exactly what it allows
+    assert len({tuple(w) for w in windows.tolist()}) == 12
+
+
+@pytest.mark.parametrize("positions,nsamples", [(1, 1), (12, 12), (100, 60), (1000, 128), (300, 150), (10**6, 200)])
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_window_starts_are_distinct_in_range_and_seeded(positions, nsamples, seed):
+    starts = data.distinct_starts(positions, nsamples, torch.Generator().manual_seed(seed))
+    again = data.distinct_starts(positions, nsamples, torch.Generator().manual_seed(seed))
+    assert starts == again  # the same code and seed twice: identical by construction
+    assert len(starts) == nsamples and len(set(starts)) == nsamples
+    assert all(0 <= s < positions for s in starts)
+
+
+def test_a_draw_without_repeats_keeps_the_previous_windows():
+    """Where the old with-replacement draw had no repeat, the windows are unchanged (recorded
+    results that used them stay valid); this seed's 128 draws from 300 000 have none."""
+    positions, nsamples = 300_000, 128
+    previous = torch.randint(0, positions, (nsamples,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert len(set(previous)) == nsamples
+    assert data.distinct_starts(positions, nsamples, torch.Generator().manual_seed(0)) == previous
+
+
+def test_repeats_are_redrawn():
+    """A seed whose first draw repeats a position (found by search here, 20 of 40 positions): the
+    repeats are replaced, the first occurrences kept."""
+    positions, nsamples = 40, 20
+    for seed in range(100):
+        first = torch.randint(0, positions, (nsamples,), generator=torch.Generator().manual_seed(seed)).tolist()
+        if len(set(first)) < nsamples:
+            break
+    else:
+        pytest.fail("no seed with a repeated position in 100 tries")
+    starts = data.distinct_starts(positions, nsamples - 1, torch.Generator().manual_seed(seed))  # 19 < 20: rejection path
+    first = first[: nsamples - 1]
+    kept = {}
+    for i, s in enumerate(first):
+        kept.setdefault(s, i)
+    assert all(starts[i] == s for s, i in kept.items())
+    assert len(set(starts)) == nsamples - 1
+
+
+def test_non_utf8_text_names_the_file(tokenizer, tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))  # 0xe9 at offset 3
+    with pytest.raises(ValueError, match=r"latin1\.txt: not UTF-8 text \(byte 0xe9 at offset 3"):
+        data.read_text(path)
+    with pytest.raises(ValueError, match=r"^--calibration .*latin1\.txt: .*not UTF-8 text"):
+        data.check_text_source(path, "--calibration")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"^--eval .*ds: .*a\.jsonl: not UTF-8 text \(byte 0xff at offset 25"):
+        data.check_text_source(folder, "--eval")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4, 5, 1 << 20])
+def test_utf8_check_reads_in_chunks_and_reports_the_offset(tmp_path, chunk):
+    path = tmp_path / "t.txt"
+    good = "\u00e9\u4e2d\U0001f600 ok ".encode("utf-8")  # 2-, 3- and 4-byte characters, split by small chunks
+    path.write_bytes(good)
+    data.check_utf8(path, chunk=chunk)
+    path.write_bytes(good + b"\xc3(" + good)  # a lead byte followed by a non-continuation byte
+    with pytest.raises(ValueError, match=rf"byte 0xc3 at offset {len(good)}"):
+        data.check_utf8(path, chunk=chunk)
+    path.write_bytes(good + b"\xe4\xb8")  # truncated at the end of the file
+    with pytest.raises(ValueError, match=rf"byte 0xe4 at offset {len(good)}"):
+        data.check_utf8(path, chunk=chunk)

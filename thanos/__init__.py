@@ -6,8 +6,14 @@ activations into H; ``thanos.prune_model`` prunes a Hugging Face causal LM block
 """
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 
 from reference.spec import PruneResult
+
+try:
+    __version__ = version("thanos")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "prune": "thanos.solver",
@@ -15,7 +21,7 @@ _LAZY = {
     "prune_model": "thanos.model",
 }
 
-__all__ = ["PruneResult", *_LAZY]
+__all__ = ["PruneResult", "__version__", *_LAZY]
 
 
 def __getattr__(name):  # import torch-heavy modules on first use only

@@ -144,3 +144,45 @@ def tiny_model(arch: str = "llama", *, seed: int = 0, layers: int = 3, hidden: i
         torch.random.set_rng_state(generator_state)
     model.eval()
     return model, tokenizer
+
+
+# Keys under which Hugging Face configs give the number of positions a model accepts, in order.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length_of_config(config) -> Optional[tuple]:
+    """``(positions, "config.<key>")`` from a loaded config object or a config.json dict, or None."""
+    for key in CONTEXT_KEYS:
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, f"config.{key}"
+    return None
+
+
+def context_length(path: Optional[Union[str, Path]]) -> Optional[tuple]:
+    """The number of positions the model in folder ``path`` accepts, read from its ``config.json``
+    without loading the weights: ``(positions, "config.<key>")``, or None when it cannot be read
+    cheaply. GGUF files (and SmolLM2, ``path`` None) give None: ``gguf.GGUFReader`` takes seconds to
+    index the whole file (5.6 s for SmolLM2 here), so the caller checks the loaded model's config."""
+    import json
+
+    if path is None or not Path(path).is_dir():
+        return None
+    try:
+        return context_length_of_config(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def weights_bytes(path: Optional[Union[str, Path]]) -> int:
+    """Bytes of the weight files of the model at ``path`` (a folder's ``*.safetensors``/``*.bin``/...,
+    or the ``.gguf`` file; SmolLM2's file when None): what its weights take on disk now."""
+    if path is None:
+        return smollm2_gguf().stat().st_size
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)

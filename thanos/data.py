@@ -101,11 +101,47 @@ def read_text(source: Union[str, Path], *, column: str = "text", strip_docs: boo
         return "\n\n".join(p for p in parts if p)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    if path.suffix.lower() in TABLE_SUFFIXES:
-        text = "\n\n".join(_table_texts(path, column))
-    else:
-        text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            text = "\n\n".join(_table_texts(path, column))
+        else:
+            text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(_not_utf8(path, err)) from None
     return strip_doc_tags(text) if strip_docs else text
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError, offset: int = 0) -> str:
+    return (f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {offset + err.start}: {err.reason}); "
+            "convert it to UTF-8 (e.g. iconv -t UTF-8)")
+
+
+def check_utf8(path: Union[str, Path], chunk: int = 1 << 20) -> None:
+    """Raise ValueError naming ``path`` and the first offending byte unless the file decodes as
+    UTF-8. Reads in chunks (any file size, bounded memory)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as err:
+                # err.object is the decoder's pending bytes plus this block: rebase the offset
+                raise ValueError(_not_utf8(Path(path), err, offset - (len(err.object) - len(block)))) from None
+            if not block:
+                return
+            offset += len(block)
+
+
+def _text_files(path: Path) -> list:
+    """The files of a text source that ``read_text`` decodes as UTF-8 text (.parquet/.arrow are binary)."""
+    if path.is_file():
+        return [] if path.suffix.lower() in (".parquet", ".arrow") else [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + (".json", ".jsonl")
+                  and p.name not in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
 def check_text_source(source: Source, argument: str) -> None:
@@ -115,6 +151,11 @@ def check_text_source(source: Source, argument: str) -> None:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{argument} {source}: no such file or folder")
+    for file in _text_files(path):  # a non-UTF-8 file is refused now, not after the model is loaded
+        try:
+            check_utf8(file)
+        except ValueError as err:
+            raise ValueError(f"{argument} {source}: {err}") from None
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
@@ -132,16 +173,49 @@ def eval_tokens(tokenizer, source: Source = None) -> torch.Tensor:
     return tokenize(tokenizer, read_text(source if source is not None else default_eval_path(), strip_docs=True))
 
 
+def distinct_starts(positions: int, nsamples: int, generator: torch.Generator) -> list:
+    """``nsamples`` distinct integers in ``[0, positions)``, seeded by ``generator``.
+
+    The first draw is the same ``torch.randint`` as before distinctness was required, so every seed
+    whose draw had no repeat (almost all, when the text is long) picks the same windows as then;
+    repeats are redrawn from the same generator until none is left. When more than half of the
+    positions are wanted, a permutation is used instead (rejection would be slow)."""
+    if nsamples > positions:
+        raise ValueError(f"cannot draw {nsamples} distinct positions from {positions}")
+    if 2 * nsamples > positions:
+        return torch.randperm(positions, generator=generator)[:nsamples].tolist()
+    starts = torch.randint(0, positions, (nsamples,), generator=generator).tolist()
+    while True:
+        seen, repeats = set(), []
+        for i, s in enumerate(starts):
+            if s in seen:
+                repeats.append(i)
+            seen.add(s)
+        if not repeats:
+            return starts
+        for i, s in zip(repeats, torch.randint(0, positions, (len(repeats),), generator=generator).tolist()):
+            starts[i] = s
+
+
 def random_windows(tokens: torch.Tensor, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
-    """``nsamples`` windows of ``seqlen`` consecutive tokens at seeded random offsets: (nsamples, seqlen)."""
+    """``nsamples`` windows of ``seqlen`` consecutive tokens at seeded random, distinct offsets:
+    (nsamples, seqlen). A text too short to give ``nsamples`` distinct windows is refused (drawing
+    with replacement would silently calibrate on copies of the same few windows)."""
     if nsamples < 1 or seqlen < 1:
         raise ValueError(f"nsamples and seqlen must be >= 1, got nsamples={nsamples}, seqlen={seqlen}")
     found = int(tokens.numel())
     if found < seqlen:
         raise ValueError(f"calibration text too short: windows of seqlen={seqlen} tokens need at least {seqlen} tokens, found {found}")
+    positions = found - seqlen + 1
+    if nsamples > positions:
+        fixes = f"more text, nsamples <= {positions}"
+        if found - nsamples + 1 >= 1:
+            fixes += f" or seqlen <= {found - nsamples + 1}"
+        raise ValueError(f"calibration text too short: its {found} tokens give only {positions} distinct windows of "
+                         f"seqlen={seqlen} tokens, fewer than nsamples={nsamples}; give {fixes}")
     generator = torch.Generator().manual_seed(int(seed))
-    starts = torch.randint(0, found - seqlen + 1, (nsamples,), generator=generator)
-    return torch.stack([tokens[s : s + seqlen] for s in starts.tolist()])
+    starts = distinct_starts(positions, nsamples, generator)
+    return torch.stack([tokens[s : s + seqlen] for s in starts])
 
 
 def calibration_windows(tokenizer, source: Source = None, *, nsamples: int = 128, seqlen: int = 2048, seed: int = 0) -> torch.Tensor:
