@@ -255,9 +255,10 @@ def test_version_everywhere(capsys):
 
 
 def test_python_dash_m_thanos_runs_the_cli(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "thanos", "prune", "--out", str(tmp_path / "o"), "--sparsity", "2"],
+    # an argparse error: the command ran without importing torch (seconds); tests/test_faults.py runs whole prunes
+    run = subprocess.run([sys.executable, "-m", "thanos", "prune", "--out", str(tmp_path / "o"), "--nsamples", "0"],
                          cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
-    assert run.returncode == 2 and "--sparsity" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "--nsamples must be >= 1, got 0" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_py_typed_is_shipped():
@@ -442,6 +443,20 @@ def test_interrupt_prints_one_line_and_keeps_the_old_out(sig, stage, tiny_dir, t
     assert "Traceback" not in err
     assert _tree(out) == before and [p.name for p in tmp_path.iterdir()] == ["pruned"]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
+
+
+def test_interrupt_of_eval_prints_one_line(tiny_dir, text_file, monkeypatch, capsys):
+    import thanos.assets
+
+    def interrupt(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        raise AssertionError("the signal did not stop the run")
+
+    monkeypatch.setattr(thanos.assets, "load_model", interrupt)
+    assert cli.main(["eval", "--model", str(tiny_dir), "--eval", str(text_file), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "thanos eval: interrupted by SIGINT" and "Traceback" not in err
 
 
 def test_interrupt_during_the_commit_is_held_until_it_is_complete(tiny_dir, tmp_path, monkeypatch, capsys):

@@ -791,12 +791,15 @@ def _interrupts_raise():
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    commands = {"prune": cmd_prune, "eval": cmd_eval}
-    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     with _interrupts_raise():
+        try:
+            args = build_parser().parse_args(argv)
+        except Interrupted as stop:
+            print(f"thanos: interrupted by {signal.Signals(stop.signum).name}", file=sys.stderr)
+            return 128 + stop.signum
+        commands = {"prune": cmd_prune, "eval": cmd_eval}
+        quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+        level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
         try:
             with _logging_to_stderr(level):
                 if args.command == "verify":
