@@ -368,6 +368,14 @@ def test_non_utf8_calibration_is_refused_before_loading(tiny_dir, tmp_path, no_l
     assert f"--calibration {bad}: {bad}: not UTF-8 text (byte 0xef at offset 2" in capsys.readouterr().err
 
 
+def test_dataset_folder_without_text_files_is_refused_before_loading(tmp_path, no_loading, capsys):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}")  # metadata only
+    assert cli.main(["prune", "--eval", str(folder), "--out", str(tmp_path / "o")]) == 2
+    assert f"--eval {folder}: {folder}: the folder has no .txt/" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("where", ["same", "contains", "inside"])
 def test_out_overlapping_the_model_is_refused_before_anything_is_deleted(where, tiny_dir, tmp_path, no_loading, capsys):
     import shutil

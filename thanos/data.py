@@ -93,10 +93,7 @@ def read_text(source: Union[str, Path], *, column: str = "text", strip_docs: boo
     """The text of a file or a dataset folder. Records and files are joined by blank lines."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES
-                       and p.name not in ("dataset_info.json", "state.json", "dataset_dict.json"))
-        if not files:
-            raise ValueError(f"{path}: the folder has no .txt/.json/.jsonl/.parquet/.arrow files with text")
+        files = _folder_files(path)
         parts = [read_text(p, column=column, strip_docs=strip_docs) for p in files]
         return "\n\n".join(p for p in parts if p)
     if not path.is_file():
@@ -136,12 +133,19 @@ def check_utf8(path: Union[str, Path], chunk: int = 1 << 20) -> None:
             offset += len(block)
 
 
+def _folder_files(path: Path) -> list:
+    """The files of a dataset folder that ``read_text`` reads (a ValueError when there is none)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + TABLE_SUFFIXES
+                   and p.name not in ("dataset_info.json", "state.json", "dataset_dict.json"))
+    if not files:
+        raise ValueError(f"{path}: the folder has no .txt/.json/.jsonl/.parquet/.arrow files with text")
+    return files
+
+
 def _text_files(path: Path) -> list:
     """The files of a text source that ``read_text`` decodes as UTF-8 text (.parquet/.arrow are binary)."""
-    if path.is_file():
-        return [] if path.suffix.lower() in (".parquet", ".arrow") else [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES + (".json", ".jsonl")
-                  and p.name not in ("dataset_info.json", "state.json", "dataset_dict.json"))
+    files = _folder_files(path) if path.is_dir() else [path]
+    return [p for p in files if p.suffix.lower() not in (".parquet", ".arrow")]
 
 
 def check_text_source(source: Source, argument: str) -> None:
@@ -151,11 +155,11 @@ def check_text_source(source: Source, argument: str) -> None:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"{argument} {source}: no such file or folder")
-    for file in _text_files(path):  # a non-UTF-8 file is refused now, not after the model is loaded
-        try:
+    try:  # an empty folder or a non-UTF-8 file is refused now, not after the model is loaded
+        for file in _text_files(path):
             check_utf8(file)
-        except ValueError as err:
-            raise ValueError(f"{argument} {source}: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{argument} {source}: {err}") from None
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
