@@ -700,10 +700,18 @@ def bad_inputs_raise(case: Case, adapter: Adapter) -> None:
 # ================================================================================ the catalogue
 
 
+def _any(method, kind, family):
+    return True
+
+
 @dataclass(frozen=True)
 class Property:
+    """A named property; ``applies(method, kind, family)`` says statically where it can say
+    something (the check itself may still find a case says nothing: ``NotApplicable``)."""
+
     name: str
     check: Callable
+    applies: Callable = _any
     reruns: bool = False  # calls the implementation again (costs a run)
 
     @property
@@ -711,22 +719,27 @@ class Property:
         return (self.check.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
 
 
+def _thanos(*kinds):
+    return lambda method, kind, family: method == "thanos" and kind in kinds
+
+
 CATALOGUE = {
     p.name: p
     for p in (
         Property("pruned_weights_exactly_zero", pruned_weights_exactly_zero),
         Property("exact_counts", exact_counts),
-        Property("outlier_rows", outlier_rows),
-        Property("kkt_residual", kkt_residual),
-        Property("trailing_block_optimum", trailing_block_optimum),
-        Property("sequential_obs", sequential_obs),
-        Property("structured_update_optimal", structured_update_optimal),
-        Property("no_update", no_update),
+        Property("outlier_rows", outlier_rows, lambda method, kind, family: method == "thanos" and kind != "unstructured" and family == "generic"),
+        Property("kkt_residual", kkt_residual, _thanos("unstructured", "structured", "N:M")),
+        Property("trailing_block_optimum", trailing_block_optimum, _thanos("unstructured", "N:M")),
+        Property("sequential_obs", sequential_obs, lambda method, kind, family: method == "sparsegpt"),
+        Property("structured_update_optimal", structured_update_optimal, _thanos("structured")),
+        Property("no_update", no_update, lambda method, kind, family: method in ("wanda", "magnitude")),
         Property("loss_closed_form", loss_closed_form),
-        Property("obs_one_weight", obs_one_weight),
-        Property("obd_diagonal_hessian", obd_diagonal_hessian),
+        Property("obs_one_weight", obs_one_weight, lambda method, kind, family: family == "one_weight"),
+        Property("obd_diagonal_hessian", obd_diagonal_hessian, lambda method, kind, family: family == "diagonal_hessian"),
         Property("mask_rule", mask_rule),
-        Property("failed_factorisation_raises_damping", failed_factorisation_raises_damping),
+        Property("failed_factorisation_raises_damping", failed_factorisation_raises_damping,
+                 lambda method, kind, family: method in ("thanos", "sparsegpt") and family in ("rank_deficient", "duplicated_columns")),
         Property("statistics_from_all_batches", statistics_from_all_batches, reruns=True),
         Property("input_not_modified", input_not_modified),
         Property("dtype_and_device", dtype_and_device),
