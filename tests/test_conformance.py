@@ -33,8 +33,12 @@ PATTERNS = ("unstructured", "structured", "N:M")
 PENDING = tuple(name for name, family in FAMILIES.items() if family.pending)
 CURRENT = [name for name in FAMILIES if name not in PENDING]
 EXAMPLES = max(10, settings.default.max_examples // 2)
-#: a mask-rule bug only shows where an update reorders the scores: more cases
-GALLERY_EXAMPLES = {G.PsiFromOriginalWeights: 4 * EXAMPLES}
+#: cases per gallery bug, whatever the profile (the draws are derandomized, so each bug is found at
+#: the same case every run; measured: every bug but one is flagged within 10 cases). psi from the
+#: original weights only shows where an earlier block's update reorders the later scores: the first
+#: such case comes between 30 and 80.
+GALLERY_EXAMPLES = 30
+GALLERY_EXAMPLES_BY_BUG = {G.PsiFromOriginalWeights: 80}
 
 
 def _production(compute_dtype=None) -> FunctionAdapter:
@@ -42,10 +46,20 @@ def _production(compute_dtype=None) -> FunctionAdapter:
     return FunctionAdapter(fn, name="thanos:prune", array="torch")
 
 
+#: properties every (method, pattern) must have exercised and passed, not merely not failed
+CORE = ("pruned_weights_exactly_zero", "exact_counts", "mask_rule", "input_not_modified", "dtype_and_device",
+        "deterministic", "bad_inputs_raise")
+
+
 def _assert_conforms(report) -> None:
-    bad = [f.line() for f in report.findings if f.status != "PASS"]
+    bad = [f.line() for f in report.findings if f.status not in ("PASS", "SKIP")]
     assert not bad, f"{report.implementation}:\n" + "\n".join(bad)
-    assert report.checked > 0
+    skipped = [f.line() for f in report.findings if f.status == "SKIP" and not f.reason.startswith("no drawn case")]
+    assert not skipped, "\n".join(skipped)
+    for method in report.settings["methods"]:
+        for pattern in report.settings["patterns"]:
+            passed = {f.property for f in report.findings if f.method == method and f.pattern == pattern and f.status == "PASS"}
+            assert set(CORE) <= passed, f"{method} {pattern}: never exercised: {sorted(set(CORE) - passed)}"
 
 
 @pytest.mark.parametrize("method", spec.METHODS)
@@ -103,7 +117,7 @@ def test_research_thanos_without_a_bug_conforms():
 def test_gallery_bug_is_flagged_by_its_property(bug):
     prop, pattern, family, dtype = G.GALLERY[bug]
     report = run_catalogue(G.layer_adapter(bug), methods=["thanos"], patterns=[pattern], dtype=dtype,
-                           examples=GALLERY_EXAMPLES.get(bug, EXAMPLES), families=[family], properties=[prop], shrink=False)
+                           examples=GALLERY_EXAMPLES_BY_BUG.get(bug, GALLERY_EXAMPLES), families=[family], properties=[prop], shrink=False)
     statuses = {f.property: f.status for f in report.findings}
     assert statuses.get(prop) == "FAIL", f"{bug.__name__} ({bug.__doc__.strip()}) was not flagged by {prop}: {statuses}"
 

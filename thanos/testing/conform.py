@@ -13,7 +13,8 @@ from pathlib import Path
 
 from reference import spec
 
-INSTALL_HINT = "the conformance kit needs Hypothesis: pip install 'thanos[conform]' (or pip install hypothesis)"
+INSTALL_HINT = ("the conformance kit needs Hypothesis: pip install 'thanos[conform]' "
+                "(from a clone: pip install -e '.[conform]'; or just pip install hypothesis)")
 
 
 def add_arguments(p) -> None:

@@ -39,7 +39,7 @@ class Violation(AssertionError):
 
     def message(self) -> str:
         v = "" if self.value is None else f" = {self.value:.3g}" if isinstance(self.value, float) else f" = {self.value}"
-        bnd = "" if self.bound is None else f" (bound {self.bound:.3g})" if isinstance(self.bound, float) else f" (bound {self.bound})"
+        bnd = "" if self.bound is None else f" (bound {self.bound:.3g})" if isinstance(self.bound, float) else f" (expected {self.bound})"
         return f"{self.quantity}{v}{bnd}" + (f": {self.detail}" if self.detail else "")
 
 
@@ -653,8 +653,6 @@ def failed_factorisation_raises_damping(ctx: Context) -> None:
 
 def bad_input_variants(case: Case, adapter: Adapter) -> list:
     """(name, W, second argument, arguments) of inputs that must be refused."""
-    import copy
-
     W, second = adapter.inputs(case)
     args = case.arguments()
     variants = []
@@ -679,7 +677,6 @@ def bad_input_variants(case: Case, adapter: Adapter) -> list:
         variants.append((f"pattern={bad!r}", W, second, dict(args, pattern=bad, sparsity=None)))
     variants.append(("alpha=1.0", W, second, dict(args, alpha=1.0)))
     variants.append(("block_size=0", W, second, dict(args, block_size=0)))
-    _ = copy
     return variants
 
 

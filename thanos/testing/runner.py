@@ -289,6 +289,8 @@ def run_catalogue(
                                      smallest_case=_jsonable(case.describe()), pending=family.pending, **base))
                     elif n:
                         emit(Finding(p.name, fam, status="PASS", cases=n, **base))
+                    else:
+                        emit(Finding(p.name, fam, status="SKIP", reason="no drawn case exercised it (more --examples?)", **base))
             if want_bad_inputs:
                 emit(_bad_inputs_finding(adapter, method, pattern, dtype, device, base))
     report.seconds = time.perf_counter() - started
