@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .cases import Case, DTYPES
+from .cases import Case
 
 ARRAYS = ("auto", "torch", "numpy")
 
@@ -232,4 +232,4 @@ def load_implementation(target: str, *, array: str = "auto") -> Adapter:
     return FunctionAdapter(obj, name=target, array=array)
 
 
-__all__ = ["ARRAYS", "Adapter", "FunctionAdapter", "LayerAdapter", "Output", "Unsupported", "load_implementation", "to_numpy", "DTYPES"]
+__all__ = ["ARRAYS", "Adapter", "FunctionAdapter", "LayerAdapter", "Output", "Unsupported", "load_implementation", "to_numpy"]

@@ -25,7 +25,7 @@ from reference import spec
 
 from . import oracle as O
 from . import tolerances as T
-from .adapters import Adapter, Output, Unsupported, to_numpy
+from .adapters import Adapter, Output, Unsupported
 from .cases import Case, merged
 
 
@@ -765,4 +765,4 @@ def judge(ctx: Context, prop: Property) -> Optional[Violation]:
 
 
 __all__ = ["BAD_INPUTS", "CATALOGUE", "Context", "NotApplicable", "PROPERTY_NAMES", "Property", "Violation",
-           "bad_input_variants", "bad_inputs_raise", "judge", "to_numpy"]
+           "bad_input_variants", "bad_inputs_raise", "judge"]
