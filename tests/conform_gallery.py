@@ -346,7 +346,7 @@ GALLERY = {
     FullInverseRows: ("trailing_block_optimum", "unstructured", "generic", "float64"),
     ZeroPadding: ("trailing_block_optimum", "unstructured", "generic", "float64"),
     PerBlockMask: ("mask_rule", "unstructured", "generic", "float64"),
-    PsiFromOriginalWeights: ("mask_rule", "unstructured", "generic", "float64"),
+    PsiFromOriginalWeights: ("mask_rule", "unstructured", "correlated_features", "float64"),
     NMHardcodedHalf: ("exact_counts", "N:M", "generic", "float64"),
     MissingFinalZeroing: ("pruned_weights_exactly_zero", "unstructured", "generic", "float64"),
     NoCastBack: ("dtype_and_device", "unstructured", "generic", "float32"),

@@ -95,3 +95,10 @@ def test_golden_masks_match_the_reference(method, pattern):
 def test_every_family_applies_somewhere():
     for family in FAMILIES.values():
         assert any(family.applies(m, k) for m in spec.METHODS for k in ("unstructured", "structured", "N:M")), family.name
+
+
+@settings(max_examples=15)
+@given(case_strategy("correlated_features", "thanos", "unstructured", "float64"))
+def test_correlated_feature_cases_use_several_blocks(case):
+    _check_common(case)
+    assert case.info["rho"] in (0.9, 0.99, 0.999) and (case.block_size < case.shape[1] or case.shape[1] <= 2)

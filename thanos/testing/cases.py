@@ -18,6 +18,7 @@ every entry (STYLE.md). This module imports Hypothesis lazily (``case_strategy``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -109,14 +110,14 @@ class Case:
     def describe(self) -> dict:
         """What a report prints of the case: shape, seed, arguments, what the family built."""
         c, b = self.W.shape
-        keep = ("seed", "kappa", "tokens", "batches", "dead", "duplicated", "w_scale", "h_scale", "golden")
+        keep = ("seed", "kappa", "rho", "tokens", "batches", "dead", "duplicated", "w_scale", "h_scale", "golden")
         extra = {k: v for k, v in self.info.items() if k in keep}
         return dict(family=self.family, shape=[c, b], dtype=self.dtype, device=self.device, **self.arguments(), **extra)
 
     def short(self) -> str:
         d = self.describe()
         parts = [f"shape=({d['shape'][0]}, {d['shape'][1]})"]
-        for k in ("seed", "golden", "pattern", "sparsity", "block_size", "alpha", "percdamp", "kappa", "tokens", "batches", "dead", "duplicated", "w_scale", "h_scale"):
+        for k in ("seed", "golden", "pattern", "sparsity", "block_size", "alpha", "percdamp", "kappa", "rho", "tokens", "batches", "dead", "duplicated", "w_scale", "h_scale"):
             if k in d and d[k] not in (None, [], ()):
                 v = d[k]
                 parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
@@ -227,6 +228,8 @@ FAMILIES = {
     f.name: f
     for f in (
         Family("generic", "random layers, kappa(H) up to 1e8, W and H scaled 1e-20..1e20 (float64), several batches", _always),
+        Family("correlated_features", "neighbouring features correlated (rho 0.9-0.99, as in LLM activations), several blocks: "
+               "updates large enough to reorder later scores", _always),
         Family("rank_deficient", "fewer tokens than features, percdamp 0 or tiny: the factorisation fails until damping is raised",
                lambda method, kind: method in ("thanos", "sparsegpt", "wanda")),
         Family("duplicated_columns", "copied features (singular H)", lambda method, kind: method in ("thanos", "sparsegpt", "wanda")),
@@ -296,7 +299,14 @@ def case_strategy(family: str, method: str, pattern: str, dtype: str = "float64"
         elif family == "one_weight":
             sparsity = 1.0 / (c * b)
         diagonal = family == "diagonal_hessian"
-        if diagonal:
+        if family == "correlated_features":
+            rho = draw(st.sampled_from([0.9, 0.99, 0.999]), label="rho")
+            X = rng.standard_normal((b, tokens))
+            for j in range(1, b):  # AR(1) across features
+                X[j] = rho * X[j - 1] + math.sqrt(1.0 - rho**2) * X[j]
+            X *= np.exp(rng.uniform(-1.0, 1.0, size=(b, 1))) * math.sqrt(hs)
+            kappa = None  # not requested: the data decides it
+        elif diagonal:
             norms = np.sqrt(S.geometric_spectrum(b, kappa, rng) * hs * b / 2.0)  # H_jj = 2 norm^2 / b tokens
             batches = _diagonal_batches(norms)
             X = batches[0].T
@@ -306,7 +316,9 @@ def case_strategy(family: str, method: str, pattern: str, dtype: str = "float64"
         n_batches = draw(st.integers(1, min(3, tokens)), label="batches")
         cuts = np.sort(rng.choice(np.arange(1, tokens), size=n_batches - 1, replace=False)) if n_batches > 1 else []
         batches = np.split(X.T, cuts)
-        if method == "thanos" and kind == "unstructured":  # mostly several blocks: the global residual mask matters
+        if family == "correlated_features" and kind != "N:M":
+            block_size = draw(st.sampled_from(sorted({1, 2, max(1, b // 4), max(1, b // 2)})), label="block_size")
+        elif method == "thanos" and kind == "unstructured":  # mostly several blocks: the global residual mask matters
             block_size = draw(st.sampled_from(sorted({1, 2, 3, max(1, b // 2), b, b + 1})), label="block_size")
         elif kind == "N:M":
             block_size = m * draw(st.integers(1, b // m + 1), label="block_size/M")
@@ -316,7 +328,7 @@ def case_strategy(family: str, method: str, pattern: str, dtype: str = "float64"
         if method == "thanos" and kind != "unstructured" and family == "generic":
             alpha = draw(st.sampled_from([0.0, 0.0, 0.1, 0.25, 0.5]), label="alpha")
         W = rng.standard_normal((c, b)) * ws
-        info = dict(seed=seed, kappa=kappa, tokens=tokens, batches=len(batches), dead=dead, duplicated=duplicated,
+        info = dict(seed=seed, kappa=kappa, tokens=tokens, rho=rho if family == "correlated_features" else None, batches=len(batches), dead=dead, duplicated=duplicated,
                     w_scale=ws, h_scale=hs)
         case = make_case(family, method=method, pattern=pat, sparsity=sparsity, block_size=block_size, alpha=alpha,
                          percdamp=percdamp, W=W, batches=list(batches), dtype=dtype, device=device, info=info)

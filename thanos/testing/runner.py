@@ -155,12 +155,14 @@ def explore(adapter: Adapter, family: str, method: str, pattern: str, dtype: str
             examples: int, derandomize: bool = True, shrink: bool = True) -> dict:
     """Draw cases of one family and judge every property on each; then re-search each failed
     property alone with shrinking. Returns {property: (cases judged, Violation or None, smallest
-    Case or None)} and, under key None, the reason every case was skipped (or None)."""
+    failing Case, or when it never applied the last reason it gave)} and, under key None, the
+    reason every case was skipped (or None)."""
     from hypothesis import example, given
 
     strategy = case_strategy(family, method, pattern, dtype, device)
     golden = golden_cases(method, pattern, dtype, device) if family == "generic" else []
     counts = {p.name: 0 for p in props}
+    not_applicable = {p.name: None for p in props}
     first: dict = {}
     unsupported: list = []
 
@@ -175,7 +177,8 @@ def explore(adapter: Adapter, family: str, method: str, pattern: str, dtype: str
                 continue  # already failing: the shrink run finds its smallest case
             try:
                 v = judge(ctx, p)
-            except NotApplicable:
+            except NotApplicable as why:
+                not_applicable[p.name] = str(why)
                 continue
             except Unsupported as err:
                 unsupported.append(str(err))
@@ -189,7 +192,7 @@ def explore(adapter: Adapter, family: str, method: str, pattern: str, dtype: str
         test = example(g)(test)
     _hypothesis_settings(examples, derandomize, shrink=False)(test)()
 
-    results = {p.name: (counts[p.name], None, None) for p in props}
+    results = {p.name: (counts[p.name], None, not_applicable[p.name]) for p in props}
     for p in props:
         if p.name not in first:
             continue
@@ -289,8 +292,9 @@ def run_catalogue(
                                      smallest_case=_jsonable(case.describe()), pending=family.pending, **base))
                     elif n:
                         emit(Finding(p.name, fam, status="PASS", cases=n, **base))
-                    else:
-                        emit(Finding(p.name, fam, status="SKIP", reason="no drawn case exercised it (more --examples?)", **base))
+                    else:  # case holds the last reason the property gave for not applying
+                        reason = f"not applicable: {case}" if case else "no drawn case exercised it (more --examples?)"
+                        emit(Finding(p.name, fam, status="SKIP", reason=reason, **base))
             if want_bad_inputs:
                 emit(_bad_inputs_finding(adapter, method, pattern, dtype, device, base))
     report.seconds = time.perf_counter() - started
