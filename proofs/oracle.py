@@ -10,30 +10,32 @@ from __future__ import annotations
 import mpmath as mp
 import numpy as np
 
+from thanos.testing import tolerances as _tolerances
+
 DPS = 60
 EPS = float(np.finfo(np.float64).eps)
 
-# Tolerance model, written once. A backward-stable solve of an n x n system of 2-norm condition
+# Tolerance model: the one of the whole project, ``thanos.testing.tolerances`` (tests and
+# ``thanos verify`` use it too). A backward-stable solve of an n x n system of 2-norm condition
 # number kappa has forward relative error <= gamma_n * kappa, gamma_n = n eps / (1 - n eps)
-# (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., Thm 7.2; Cholesky, Thm 10.4).
-# The reference reaches its updates through two such steps: H^-1 from a Cholesky of H, then a
-# Cholesky solve with a sub-block of H^-1, whose condition is at most kappa(H) by Cauchy
-# interlacing. To first order the two errors add, 2 n kappa eps; SAFETY = 10 leaves a further
-# factor 5 for the constants hidden in gamma_n and for the norm we measure in (2-norm of a row,
-# or the max-norm). Plain sums and dot products of n terms are held to SAFETY * n * eps relative
-# to the sum of the absolute terms (Higham Eq. 3.5). A wrong formula misses by O(1), i.e. by many
-# orders of magnitude more than any of these bounds, so the bounds separate rounding from error.
-SAFETY = 10.0
+# (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., Thm 7.2; Cholesky, Thm 10.4);
+# the reference reaches its updates through a few such steps (H^-1 from a Cholesky of H, then a
+# Cholesky solve with a sub-block of H^-1, no worse conditioned by Cauchy interlacing), and
+# ``C_SOLVE`` (LAPACK dget04's 30) covers them with headroom; the derivation is written there.
+# Plain sums and dot products of n terms are held to ``C_ROUNDING n eps`` relative to the sum of
+# the absolute terms (Higham Eq. 3.5). A wrong formula misses by O(1), many orders of magnitude
+# more than any of these bounds, so the bounds separate rounding from error.
+SAFETY = _tolerances.C_SOLVE
 
 
 def solve_tolerance(n: int, kappa: float) -> float:
     """Largest relative error accepted from a float64 solve of size n and condition kappa."""
-    return SAFETY * n * kappa * EPS
+    return _tolerances.solve_tol(n, kappa)
 
 
 def sum_tolerance(n: int) -> float:
     """Largest relative error accepted from a float64 sum of n terms (relative to sum |terms|)."""
-    return SAFETY * n * EPS
+    return _tolerances.rounding_tol(n)
 
 
 def rng(seed: int) -> np.random.Generator:

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .verify import add_arguments as add_verify_arguments
 
     add_verify_arguments(sub.add_parser("verify", help="prune SmolLM2 with every method and pattern; check production against the reference"))
+    from .testing.conform import add_arguments as add_conform_arguments
+
+    add_conform_arguments(sub.add_parser("conform", help="run the conformance catalogue on an implementation (MODULE:CALLABLE)"))
     return parser
 
 
@@ -806,6 +809,10 @@ def main(argv: Optional[list] = None) -> int:
                     from .verify import run
 
                     return run(args)
+                if args.command == "conform":
+                    from .testing.conform import run as run_conform
+
+                    return run_conform(args)
                 return commands[args.command](args)
         except UsageError as err:
             print(f"thanos {args.command}: error: {err}", file=sys.stderr)

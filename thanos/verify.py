@@ -4,7 +4,7 @@
 2. Production against the reference on real layers: ``thanos.prune`` in float64 and
    ``reference.prune`` on real SmolLM2 weights with their real calibration Hessians, for every
    method and pattern. Weights must agree to ``C n kappa(H) eps`` of their scale (C = 30, the
-   solve constant of ``tests/tolerances.py``: LAPACK dget04's threshold); masks must be
+   solve constant of ``thanos.testing.tolerances``: LAPACK dget04's threshold); masks must be
    identical, or, where they differ at near-ties, prune the same count with losses within that
    tolerance, and for the no-update methods drop equal scores (a tie swapped, nothing else).
 3. The whole model pruned with each method and pattern (one load, a deep copy per run): every
@@ -30,6 +30,8 @@ from typing import Optional
 
 from reference import spec
 
+from .testing import tolerances
+
 #: (method, pattern, sparsity, alpha) of every whole-model run, in table order.
 RUNS = (
     ("magnitude", "unstructured", 0.5, 0.0), ("wanda", "unstructured", 0.5, 0.0),
@@ -41,8 +43,8 @@ RUNS = (
 )
 #: the layers of each chosen block compared against the reference
 REFERENCE_LAYERS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")
-C_SOLVE = 30.0  # tests/tolerances.py: LAPACK dget04's threshold on error / (n kappa eps)
-EPS64 = 2.0**-52
+C_SOLVE = tolerances.C_SOLVE  # LAPACK dget04's threshold on error / (n kappa eps), derived there
+EPS64 = tolerances.eps("float64")
 
 
 @dataclass
