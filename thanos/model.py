@@ -580,7 +580,8 @@ def prune_model(
         mine = all_batches[rank::world]  # round-robin: round j holds batches j*world .. j*world + world - 1
         inputs = capture_block_inputs(model, calibration, mine, device=device) if needs_data else []
         exchange = distributed.Exchange(group, all_batches, calibration.shape[1] if needs_data else 0) if world > 1 else None
-        bar = tqdm(range(len(layers)), desc=f"{method} {pattern}", unit="block", disable=not progress or rank != 0)
+        last = max(i for i, chosen in enumerate(selection) if chosen)  # blocks after it are left as they are
+        bar = tqdm(range(last + 1), desc=f"{method} {pattern}", unit="block", disable=not progress or rank != 0)
         for i in bar:
             block = layers[i]
             names = selection[i]
@@ -625,7 +626,7 @@ def prune_model(
                         result.masks[layer.name] = mask
                 if on_block is not None:
                     on_block(i, block)
-                if needs_data and i + 1 < len(layers):
+                if needs_data and i < last:
                     outputs = forward_block(block, inputs, what=f"the outputs of decoder block {i} ({prefix}.{i})")
                     held += _nbytes(outputs)
                     inputs = outputs
