@@ -264,7 +264,7 @@ def cmd_prune(args) -> int:
     from .model import prune_model
 
     placed = placement.check_arguments(args)  # --offload-folder, --max-memory
-    placement.start(args)  # under torchrun: join the process group, args.device = this rank's device
+    placement.start(args, placed)  # under torchrun: join the process group, args.device = this rank's device
 
     started = time.perf_counter()
     progress = not args.no_progress

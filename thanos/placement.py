@@ -90,14 +90,19 @@ def check_arguments(args) -> dict:
     return kwargs
 
 
-def start(args) -> Optional[str]:
+def start(args, placed: Optional[dict] = None) -> Optional[str]:
     """Join torchrun's process group when launched by it; sets ``args.device`` to this rank's
-    device and returns it (None when not distributed)."""
+    device and returns it (None when not distributed). Each rank writes its pruned offloaded
+    weights to its own ``rank<R>`` subfolder of ``--offload-folder`` (``placed``, updated)."""
+    import torch.distributed as dist
+
     from .distributed import init_from_env
 
     device = init_from_env(args.device)
     if device is not None:
         args.device = device
+        if placed is not None and placed.get("offload_folder"):
+            placed["offload_folder"] = str(Path(placed["offload_folder"]) / f"rank{dist.get_rank()}")
     return device
 
 
