@@ -122,12 +122,16 @@ class Exchange:
         self.all_batches = list(all_batches)
         self.seqlen = seqlen
         self.mine: set = set()
+        self.device = torch.device("cpu")
 
-    def begin_block(self, mine: set) -> None:
-        """The names of the linears this rank prunes in the coming block."""
+    def begin_block(self, mine: set, device) -> None:
+        """The names of the linears this rank prunes in the coming block, and its device."""
         self.mine = set(mine)
+        self.device = torch.device(device)
 
-    def accumulate(self, block, linears: dict, batches: list, seen, pending: dict, accumulators: dict) -> None:
+    def accumulate(self, block, linears: dict, batches: list, seen, pending: dict, accumulator) -> None:
+        """Run this rank's batches through ``block`` (the hooks fill ``pending``) and feed every
+        needed ``accumulator(name)`` all batches' inputs in the global batch order."""
         import torch.distributed as dist
 
         world, me = self.world, self.rank
@@ -155,7 +159,6 @@ class Exchange:
                     break
                 for name in accumulating:
                     columns = linears[name].in_features
-                    acc = accumulators[name]
                     meta = torch.zeros(2, dtype=torch.int64)
                     if src == me:
                         x = local[name]
@@ -164,10 +167,10 @@ class Exchange:
                     if src == me:
                         payload = x.reshape(-1, columns).contiguous()
                     else:
-                        payload = torch.empty((int(meta[1]), columns), dtype=_DTYPES[int(meta[0])], device=acc.device)
+                        payload = torch.empty((int(meta[1]), columns), dtype=_DTYPES[int(meta[0])], device=self.device)
                     self._broadcast(_raw(payload), src)
                     if name in needed:
-                        acc.update(x if src == me else payload)
+                        accumulator(name).update(x if src == me else payload)
 
     def _backend(self) -> str:
         import torch.distributed as dist

@@ -402,11 +402,16 @@ def accumulate_hessians(block: nn.Module, linears: dict, batches: Sequence[tuple
     a non-finite input, before any pruning."""
     names = names or {name: name for name in linears}
     seen = _SharedInputs()
-    accumulators = {name: new_accumulator(lin.in_features, device=device, dtype=dtype, name=names[name])
-                    for name, lin in linears.items()}
+    accumulators: dict = {}  # one per distinct input, made when that input is first seen
+
+    def accumulator(name):
+        if name not in accumulators:
+            accumulators[name] = new_accumulator(linears[name].in_features, device=device, dtype=dtype, name=names[name])
+        return accumulators[name]
+
     if exchange is None:
         def sink(name, x):
-            accumulators[name].update(x)
+            accumulator(name).update(x)
     else:
         pending: dict = {}
 
@@ -420,11 +425,14 @@ def accumulate_hessians(block: nn.Module, linears: dict, batches: Sequence[tuple
                 seen.new_forward()
                 block(x, **kw)
         else:
-            exchange.accumulate(block, linears, batches, seen, pending, accumulators)
+            exchange.accumulate(block, linears, batches, seen, pending, accumulator)
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: accumulators[seen.owner.get(name, name)] for name in linears}
+    if exchange is not None:  # a rank holds the Hessians of the linears it prunes only
+        return {name: accumulators[seen.owner.get(name, name)] for name in linears
+                if seen.owner.get(name, name) in accumulators}
+    return {name: accumulator(seen.owner.get(name, name)) for name in linears}  # a linear never called: H = 0
 
 
 def resolve_compute_dtype(compute_dtype: Optional[torch.dtype], storage: torch.dtype) -> torch.dtype:
@@ -554,7 +562,7 @@ def prune_model(
     device = torch.device(device) if device is not None else _model_device(model)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
-    storage = next(p for p in model.parameters()).dtype
+    storage = next(block_linears(layers[i])[name].weight.dtype for i, chosen in enumerate(selection) for name in chosen)
     compute = resolve_compute_dtype(compute_dtype, storage)
     group = distributed.resolve_group(process_group)
     world = distributed.world_size(group)
@@ -590,7 +598,7 @@ def prune_model(
                 linears = {name: all_linears[name] for name in names}
                 owners = distributed.assign(linears, method, world) if world > 1 else {name: 0 for name in linears}
                 if exchange is not None:
-                    exchange.begin_block({name for name, r in owners.items() if r == rank})
+                    exchange.begin_block({name for name, r in owners.items() if r == rank}, device)
                 accumulators = {}
                 if needs_data and linears:
                     accumulators = accumulate_hessians(block, linears, inputs, device=device,
