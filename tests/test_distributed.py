@@ -59,10 +59,13 @@ def check_equal(single: dict, ranks: list) -> None:
 
 
 def test_two_gloo_ranks_prune_tiny_models_bit_identical_to_one_process(tmp_path, one_thread):
-    torchrun(str(HERE / "distributed_worker.py"), str(tmp_path), *CASES)
-    for case in CASES:
-        single = distributed_worker.run_case(case)
+    # the last case: each rank's model offloaded to disk, against the plain in-memory single run
+    distributed_worker.save_tiny("opt", tmp_path)
+    torchrun(str(HERE / "distributed_worker.py"), str(tmp_path), *CASES, "offload:opt:thanos:unstructured")
+    for case in [*CASES, "offload:opt:thanos:unstructured"]:
+        single = distributed_worker.run_case(case.removeprefix("offload:"))
         ranks = [torch.load(tmp_path / f"{case.replace(':', '_')}.rank{r}.pt") for r in (0, 1)]
+        assert all(got["offloaded"] == case.startswith("offload:") for got in ranks)
         check_equal(single, ranks)
 
 
