@@ -71,8 +71,14 @@ def test_two_gloo_ranks_prune_tiny_models_bit_identical_to_one_process(tmp_path,
 
 @pytest.mark.slow
 def test_two_gloo_ranks_prune_smollm2_first_blocks_bit_identical(tmp_path, one_thread):
+    from thanos.assets import load_model
+
+    model, tokenizer = load_model()  # the GGUF, dequantised to float32 once
+    model.save_pretrained(tmp_path / "smollm2")
+    tokenizer.save_pretrained(tmp_path / "smollm2")
+    del model
     torchrun(str(HERE / "distributed_worker.py"), str(tmp_path), "smollm2")
-    single = distributed_worker.run_case("smollm2")
+    single = distributed_worker.run_case("smollm2", str(tmp_path))
     check_equal(single, [torch.load(tmp_path / f"smollm2.rank{r}.pt") for r in (0, 1)])
     assert len(single["layers"]) == 14
 
