@@ -181,3 +181,23 @@ def test_offload_folder_inside_out_is_refused(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert cli.main(["prune", "--method", "magnitude", "--out", str(out), "--offload-folder", str(out / "off")]) == 2
     assert "--offload-folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_cpu_offloaded_model_prunes_bit_identical_to_in_memory(arch):
+    """Accelerate's ``cpu_offload``: parameters on ``meta``, values in an in-memory state dict that
+    the hooks copy in at each forward; the pruned values must land in that state dict."""
+    from accelerate import cpu_offload
+
+    cal = calibration()
+    plain, _ = tiny_model(arch, seed=8, layers=2)
+    offloaded, _ = tiny_model(arch, seed=8, layers=2)
+    cpu_offload(offloaded, execution_device=torch.device("cpu"))
+    expected = prune_model(plain, cal, method="sparsegpt", pattern="4:8", block_size=16, keep_masks=True)
+    result = prune_model(offloaded, cal, method="sparsegpt", pattern="4:8", block_size=16, keep_masks=True)
+    assert result.offloaded and all(p.device.type == "meta" for p in decoder_layers(offloaded).parameters())
+    assert [(l.name, l.pruned, l.loss) for l in result.layers] == [(l.name, l.pruned, l.loss) for l in expected.layers]
+    assert all(torch.equal(result.masks[k], expected.masks[k]) for k in expected.masks)
+    ids = cal[:2]
+    with torch.no_grad():  # the offloaded model computes with the pruned weights: the same logits
+        assert torch.equal(offloaded(input_ids=ids).logits, plain(input_ids=ids).logits)
