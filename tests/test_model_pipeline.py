@@ -219,3 +219,109 @@ def test_cuda_matches_cpu():
         # random weights such near-ties are rare; 1% of entries flipping means a real divergence
         assert (masks[0] != masks[1]).float().mean() < 0.01, key
 
+
+
+# ----------------------------------------------------------------- choosing layers, masks, refusals
+
+
+def test_targets_and_ignore_choose_the_linears_by_full_name():
+    model, _ = tiny_model("llama", layers=2)
+    before = snapshot(model)
+    result = prune_model(model, calibration(), method="wanda", targets=["model.layers.*.mlp.*"], ignore=["*.0.mlp.up_proj"],
+                         keep_masks=True)
+    names = [layer.name for layer in result.layers]
+    assert names == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.down_proj", "model.layers.1.mlp.gate_proj",
+                     "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"]
+    after = snapshot(model)
+    for key in before:
+        changed = not torch.equal(before[key], after[key])
+        assert changed == (key.removesuffix(".weight") in names), key  # exactly the chosen weights changed
+    assert result.masks.keys() == set(names)
+    for layer in result.layers:
+        mask = result.masks[layer.name]
+        assert mask.dtype == torch.bool and mask.device.type == "cpu" and int(mask.sum()) == layer.pruned
+        assert bool((after[layer.name + ".weight"][mask] == 0).all())  # True = pruned = zero
+
+
+def test_only_the_first_block_targeted_leaves_the_rest_untouched():
+    model, _ = tiny_model("opt", layers=3)
+    before = snapshot(model)
+    order = []
+    result = prune_model(model, calibration(), method="thanos", block_size=16, targets=["model.decoder.layers.0.*"],
+                         on_block=lambda i, block: order.append(i))
+    assert order == [0] and {layer.block for layer in result.layers} == {0}
+    after = snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("model.decoder.layers.0."))
+    assert result.masks == {}  # masks only on request
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(targets=["model.layers.*.mlp.nothing"]), r"targets: the pattern 'model.layers.\*.mlp.nothing' matches no nn.Linear"),
+        (dict(ignore=["*.fc1"]), r"ignore: the pattern '\*.fc1' matches no nn.Linear"),
+        (dict(targets=["lm_head"]), r"targets: \['lm_head'\] lie outside the decoder blocks"),
+        (dict(targets=["*"]), r"targets: \['lm_head'\] lie outside"),
+        (dict(targets="model.layers.0.*", ignore=["model.layers.0.*"]), "leave no nn.Linear"),
+        (dict(targets=[]), "targets must be a non-empty"),
+        (dict(keep_masks="yes"), "keep_masks"),
+    ],
+)
+def test_bad_targets_rejected_before_any_work(kwargs, match):
+    model, _ = tiny_model("llama", layers=2)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        prune_model(model, calibration(), method="thanos", **kwargs)
+    after = snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("arch,context", [("llama", 512), ("opt", 512)])
+def test_calibration_longer_than_the_context_is_refused(arch, context):
+    model, _ = tiny_model(arch, layers=1)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=rf"calibration windows of {context + 1} tokens .* context of {context} positions"):
+        prune_model(model, calibration(nsamples=1, seqlen=context + 1), method="wanda")
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+    prune_model(model, calibration(nsamples=1, seqlen=context), method="wanda")  # the context itself is fine
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_activations_name_the_layer_before_its_block_is_pruned(bad):
+    model, _ = tiny_model("llama", layers=3)
+    with torch.no_grad():
+        model.model.layers[1].post_attention_layernorm.weight[5] = bad  # poisons the MLP input of block 1
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"input of model\.layers\.1\.mlp\.gate_proj: \d+ non-finite"):
+        prune_model(model, calibration(), method="thanos", block_size=16)
+    after = snapshot(model)
+    assert not torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    for key in linear_weight_names(model):  # nothing of block 1 (nor after it) was pruned
+        if key.startswith(("model.layers.1.", "model.layers.2.")):
+            assert torch.equal(before[key], after[key]), key
+
+
+def test_non_finite_embeddings_are_refused_before_block_0():
+    model, _ = tiny_model("opt", layers=2)
+    with torch.no_grad():
+        model.model.decoder.embed_tokens.weight[:] = float("nan")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="inputs of decoder block 0"):
+        prune_model(model, calibration(), method="sparsegpt")
+    after = snapshot(model)
+    assert all(torch.equal(before[k], after[k]) for k in linear_weight_names(model))
+
+
+def test_hessian_accumulators_carry_the_layer_name(monkeypatch):
+    names = []
+    real = thanos.HessianAccumulator
+
+    def recording(columns, device=None, dtype=torch.float32, name=None):
+        names.append(name)
+        return real(columns, device=device, dtype=dtype)
+
+    monkeypatch.setattr(thanos, "HessianAccumulator", recording)
+    model, _ = tiny_model("opt", layers=1)
+    prune_model(model, calibration(), method="wanda")
+    # one accumulator per distinct input (q/k/v share the first), named after the linear that owns it
+    assert names == [f"model.decoder.layers.0.{n}" for n in ("self_attn.q_proj", "self_attn.out_proj", "fc1", "fc2")]

@@ -66,23 +66,40 @@ def check_model_source(path: Optional[Union[str, Path]]) -> None:
         raise FileNotFoundError(f"--model {path}: no such file or folder")
 
 
-def load_model(path: Optional[Union[str, Path]] = None, *, dtype: torch.dtype = torch.float32):
+def load_model(path: Optional[Union[str, Path]] = None, *, dtype: Optional[torch.dtype] = None, device_map=None,
+               max_memory: Optional[dict] = None, offload_folder: Optional[Union[str, Path]] = None):
     """Load ``(model, tokenizer)``: SmolLM2-135M from its package when ``path`` is None, else a local
-    Hugging Face folder or ``.gguf`` file. The model is in eval mode on the CPU."""
+    Hugging Face folder or ``.gguf`` file. The model is in eval mode.
+
+    dtype: None keeps the checkpoint's own dtype (a bf16 folder loads as bf16; a GGUF file, whose
+    quantised blocks have no float dtype, is dequantised to float32); or a torch dtype.
+    max_memory / offload_folder / device_map: Accelerate placement (``device_map="auto"`` when
+    either of the first two is given): modules that do not fit in ``max_memory`` are offloaded to
+    the CPU or to ``offload_folder`` on disk; ``prune_model`` then brings one block at a time onto
+    the compute device. Without them the whole model is on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_source(path)
     if path is None or Path(path).is_file():
         file = smollm2_gguf() if path is None else Path(path)
         folder, kwargs = str(file.parent), {"gguf_file": file.name}
+        dtype = torch.float32 if dtype is None else dtype
     else:
         folder, kwargs = str(path), {}
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        device_map = "auto"
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
     with warnings.catch_warnings():
         # transformers/gguf may emit harmless deprecation notices while converting the file
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto" if dtype is None else dtype, **kwargs)
     _forget_gguf_quantizer(model)
     model.eval()
     return model, tokenizer

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (model, tokenizer, report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
     _add_output_args(p)
+    from .placement import add_arguments as add_placement_arguments  # --offload-folder, --max-memory
+
+    add_placement_arguments(p)
 
     p = sub.add_parser("eval", help="perplexity of a model")
     _add_model_args(p, model_help="a pruned output folder, a Hugging Face model folder or .gguf file (default: SmolLM2-135M)")
@@ -618,15 +621,18 @@ def cmd_prune(args) -> int:
 def _run_prune(args) -> int:
     import torch
 
-    from . import data
+    from . import data, placement
     from .assets import describe_model_source, load_model
     from .model import prune_model
+
+    placed = placement.check_arguments(args)  # --offload-folder, --max-memory
+    placement.start(args, placed)  # under torchrun: join the process group, args.device = this rank's device
 
     started = time.perf_counter()
     progress = not (args.no_progress or args.quiet)
     log.info("loading %s", describe_model_source(args.model))
     _pause("loading")
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, **placed)
     check_loaded_model(args, model)
     calibration = None
     if args.method != "magnitude":
@@ -667,6 +673,7 @@ def _run_prune(args) -> int:
         "peak_memory": peak_memory(),
         "environment": environment(),
         "layers": result.as_dict()["layers"],
+        "pipeline": placement.report_fields(result),
     }
 
     def write(folder: Path) -> None:
@@ -680,8 +687,10 @@ def _run_prune(args) -> int:
                       str(folder / "masks.safetensors"))
         (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
-    _write_output(Path(args.out), args.overwrite, write)
-    log.info("wrote %s", args.out)
+    if placement.is_writer():  # rank 0 alone under torchrun
+        _write_output(Path(args.out), args.overwrite, write)
+        log.info("wrote %s", args.out)
+    placement.finish()
     line = f"sparsity {result.achieved_sparsity:.4f}"
     if before is not None:
         line += f"  perplexity {before.value:.3f} -> {after.value:.3f}"

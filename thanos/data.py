@@ -266,10 +266,16 @@ def perplexity(model, windows: torch.Tensor, *, device: Union[str, torch.device,
     lies unless ``device`` is given (then it is moved there and back)."""
     from tqdm.auto import tqdm
 
+    from .offload import is_dispatched
+
     first = next(model.parameters())
     home = first.device
     device = torch.device(device) if device is not None else home
-    model.to(device)
+    dispatched = is_dispatched(model)  # placed by Accelerate (device_map): its hooks move what they need
+    if dispatched:
+        device = torch.device("cpu") if device.type == "meta" else device
+    else:
+        model.to(device)
     was_training = model.training
     model.eval()
     total_nll = torch.zeros((), dtype=torch.float64)
@@ -284,7 +290,8 @@ def perplexity(model, windows: torch.Tensor, *, device: Union[str, torch.device,
             total_nll += nll.double().cpu()
             count += target.numel()
     finally:
-        model.to(home)
+        if not dispatched:
+            model.to(home)
         model.train(was_training)
     nll = float(total_nll)
     return Perplexity(math.exp(nll / count), nll, count, int(windows.shape[0]), int(windows.shape[1]))

@@ -181,29 +181,29 @@ def single_threaded_blas():
 
 
 def real_hessians(model, calibration, blocks, names, batch_size: int = 8) -> dict:
-    """{(block, name): (W float64, H float64)} from one dense forward pass over the calibration."""
+    """{(block, name): (W float64, H float64)} of the dense model, from the pruning pipeline's own
+    stages (``thanos.model``: capture the first block's inputs, accumulate a block's Hessians,
+    forward it), without pruning anything."""
     import torch
 
-    import thanos
-
-    from .model import decoder_layers
+    from .model import (_model_device, accumulate_hessians, calibration_batches, capture_block_inputs, decoder_layers,
+                        forward_block)
 
     layers = decoder_layers(model)
-    accs, hooks = {}, []
-    for i in blocks:
-        for name in names:
-            linear = layers[i].get_submodule(name)
-            acc = thanos.HessianAccumulator(linear.in_features, dtype=torch.float64)
-            accs[(i, name)] = (linear, acc)
-            hooks.append(linear.register_forward_hook(lambda _m, args, _o, acc=acc: acc.update(args[0].detach())))
-    try:
-        with torch.no_grad():
-            for s in range(0, calibration.shape[0], batch_size):
-                model(input_ids=calibration[s : s + batch_size], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {key: (linear.weight.detach().double().clone(), acc.hessian.clone()) for key, (linear, acc) in accs.items()}
+    device = _model_device(model)
+    batches = capture_block_inputs(model, calibration, calibration_batches(int(calibration.shape[0]), batch_size), device=device)
+    out = {}
+    for i in range(max(blocks) + 1):
+        block = layers[i]
+        if i in blocks:
+            linears = {name: block.get_submodule(name) for name in names}
+            accs = accumulate_hessians(block, linears, batches, device=device, dtype=torch.float64,
+                                       names={name: f"{i}.{name}" for name in names})
+            for name, linear in linears.items():
+                out[(i, name)] = (linear.weight.detach().double().clone(), accs[name].hessian.clone())
+        if i < max(blocks):
+            batches = forward_block(block, batches, what=f"the outputs of decoder block {i}")
+    return out
 
 
 def compare_with_reference(W, H, method, pattern, sparsity, alpha) -> dict:  # noqa: C901
