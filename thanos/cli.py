@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import fnmatch
 import json
 import logging
 import os
@@ -564,52 +563,25 @@ def _tensor_bytes(tensors) -> int:
     return total
 
 
-def _linear_names(model) -> list:
-    from torch import nn
-
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-
-
-def _matching(names: list, patterns: Optional[list]) -> list:
-    return [n for n in names if patterns and any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
 def check_loaded_model(args, model) -> None:
     """The checks that need the loaded model, before any calibration or pruning work: the
     context (the authority when the file did not say), the name patterns, the exact output size."""
     from .assets import context_length_of_config
 
     check_context(args, context_length_of_config(model.config))
-    linears = _linear_names(model)
-    example = next((n for n in linears if ".0." in n), linears[0] if linears else "none")
-    for pattern in args.targets or []:
-        if not _matching(linears, [pattern]):
-            raise UsageError(f"--targets {pattern!r} matches no nn.Linear of the model (names look like {example!r})")
-    for pattern in args.ignore or []:
-        if not _matching(linears, [pattern]):
-            log.warning("--ignore %r matches no nn.Linear of the model (names look like %r)", pattern, example)
+    from .model import select_linears
+
+    try:
+        selection = select_linears(model, args.targets, args.ignore)
+    except ValueError as err:  # the model's message starts with the argument's name: targets / ignore
+        raise UsageError(f"--{err}") from None
     needed = _tensor_bytes(model.state_dict().values())
     what = "the model's tensors"
-    if args.save_masks:  # one byte per weight of every Linear that may be pruned: an upper bound
+    if args.save_masks:  # one byte per weight of every Linear to be pruned
         modules = dict(model.named_modules())
-        chosen = _matching(linears, args.targets) if args.targets else linears
-        chosen = [n for n in chosen if n not in _matching(chosen, args.ignore)]
-        needed += sum(modules[n].weight.numel() for n in chosen)
+        needed += sum(modules[full].weight.numel() for block in selection for full in block.values())
         what += " and masks"
     check_free_space(args.out, needed, what)
-
-
-def _prune_options(args) -> dict:
-    """The keywords of ``prune_model`` that only some runs use; left out when unused, so that the
-    call works with a ``prune_model`` that predates them."""
-    extra = {}
-    if args.targets is not None:
-        extra["targets"] = list(args.targets)
-    if args.ignore is not None:
-        extra["ignore"] = list(args.ignore)
-    if args.save_masks:
-        extra["keep_masks"] = True
-    return extra
 
 
 def cmd_prune(args) -> int:
@@ -656,7 +628,8 @@ def _run_prune(args) -> int:
     result = prune_model(model, calibration, method=args.method, pattern=args.pattern, sparsity=args.sparsity,
                          block_size=args.block_size, alpha=args.alpha, percdamp=args.percdamp, device=args.device,
                          compute_dtype=compute_dtype, batch_size=args.batch_size, progress=progress,
-                         on_block=on_block, **_prune_options(args))
+                         on_block=on_block, targets=args.targets, ignore=args.ignore,
+                         keep_masks=args.save_masks)
     log.info("pruned %d layers to sparsity %.4f in %.1f s", len(result.layers), result.achieved_sparsity, result.seconds)
     if windows is not None:
         after = data.perplexity(model, windows, device=args.device, progress=progress)
