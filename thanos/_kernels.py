@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional
 
 import torch
 
@@ -102,120 +101,95 @@ def largest_rows(row_scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ factorisation
-def damped_factor(
-    H: torch.Tensor,
-    mean_diagonal: float,
-    percdamp: float,
-    H64: torch.Tensor,
-    certify_psd: Optional[Callable[[], None]] = None,
-):
+def psd_lower_bound(H64: torch.Tensor, shift: float, eps: float) -> float:
+    """A certified lower bound on lambda_min(H64), and the refusal of an H that is not positive
+    semi-definite up to rounding (``spec.check_psd``: lambda_min < -C b eps lambda_max, eps that of
+    H's dtype), at the cost of one float64 Cholesky in the common case.
+
+    A float64 Cholesky of H64 + shift I that succeeds proves lambda_min(H64) > -shift (to its own
+    backward error, ~ b eps64 ||H||_F, subtracted); shift <= ``spec.psd_tolerance(b, eps) x
+    max(diag H)`` <= tolerance x lambda_max, so H passes the check. Only when it breaks down are
+    the float64 eigenvalues computed: ``spec.check_psd`` decides, exactly as the reference does,
+    and lambda_min itself is returned. H64: (b, b) float64, the input H."""
+    b = H64.shape[0]
+    eye = torch.eye(b, dtype=torch.float64, device=H64.device)
+    if int(torch.linalg.cholesky_ex(H64 + shift * eye)[1]) == 0:
+        return -shift - b * 2.0**-52 * _frobenius(H64)
+    lam = torch.linalg.eigvalsh(H64)
+    spec.check_psd(float(lam[0]), float(lam[-1]), b, eps)
+    return float(lam[0])
+
+
+def damped_factor(H: torch.Tensor, H64: torch.Tensor, mean_diagonal: float, percdamp: float, lambda_min_lower: float):
     """Factor the damped H as H + lambda I = V V^T with V *upper* triangular, and U = V^-1, the upper
     Cholesky factor of the damped H^-1 (H^-1 = V^-T V^-1 = U^T U; U is upper with a positive
     diagonal, so by uniqueness it is that factor). H^-1 itself is never formed.
 
     V comes from the lower Cholesky factor of the reversed matrix: P H P = L L^T gives
-    H = (P L P)(P L P)^T with P L P upper. The loads of ``spec.damping_schedule`` are tried in turn,
-    and each is accepted or rejected by the reference's float64 test (``reference.prepare_hessian``),
-    whatever the compute dtype: Cholesky of A = H64 + lambda I succeeds and A is not numerically
-    singular, lambda_min(A) > ``spec.singular_ratio(b)`` lambda_max(A). That is decided cheaply
-    where it can be:
+    H = (P L P)(P L P)^T with P L P upper. The loads of ``spec.damping_schedule`` are tried in turn
+    and each is accepted or rejected by the reference's float64 test, in every compute dtype: A =
+    H64 + lambda I must not be numerically singular, lambda_min(A) > ``spec.singular_ratio(b)``
+    lambda_max(A) (and its Cholesky must succeed). The test is decided without eigenvalues when
+    ``lambda_min_lower`` (a certified lower bound on lambda_min(H64), from ``psd_lower_bound``)
+    plus lambda clears it against lambda_max(A) <= ||H64||_F + lambda; otherwise by the float64
+    eigenvalues of H64, computed once (a load near the scale of rounding: percdamp = 0 or tiny).
 
-    1. In the compute dtype: Cholesky and U; if U is finite and lambda_min(A) >= 1/||U||_F^2 clears
-       ``singular_ratio`` lambda_max(A) <= ||A||_F with a margin of b eps(compute dtype) for the
-       factorisation's own backward error, the load is accepted with this factor.
-    2. Otherwise in float64 (H64: the prepared H in float64): Cholesky (a breakdown rejects the
-       load), the same certificate with float64's margin, and only when that too is inconclusive
-       float64 eigenvalues. An accepted load then uses the float64 factor, cast: a float32
-       breakdown at a load float64 accepts no longer moves the damping up, so the damping and the
-       warnings are the reference's in every compute dtype.
-
-    certify_psd: called once, before the first rejected load (so before any warning), unless the
-    first load's Cholesky in the compute dtype succeeded -- the caller passes it only when that
-    success certifies H positive semi-definite up to rounding. Each rejected load warns
-    (RuntimeWarning) and raises the load; after the last a ``torch.linalg.LinAlgError`` with
-    ``spec.damping_error``. Returns (V, U, damping)."""
+    At an accepted load the factor is computed in H's dtype (the compute dtype). When a float32
+    factorisation breaks down there, or comes out non-finite or beyond float32's reach
+    (lambda_max(A) max U_ii^2 >= kappa(A)... > 0.01 / eps32: every later float32 solve would be
+    noise), the layer is factored -- and then computed -- in float64 at the same load instead of
+    stepping the damping up: the factor comes back in float64 and the caller switches dtype.
+    Each rejected load warns (RuntimeWarning) and raises the load; after the last a
+    ``torch.linalg.LinAlgError`` with ``spec.damping_error``. H64: the prepared H in float64.
+    Returns (V, U, damping), V and U in H's dtype or in float64."""
     b = H.shape[0]
     schedule = spec.damping_schedule(percdamp, mean_diagonal)
     damping = next(schedule)
     ratio = spec.singular_ratio(b)
-    h_norm = _frobenius(H)
-    flipped = H.flip(0, 1)
-    flipped64 = None if H.dtype == torch.float64 else H64.flip(0, 1)
-    first = True
+    lambda_max_upper = _frobenius(H64)
+    eigenvalues = None
     while True:
-        V, U, verdict = _try_load(flipped, damping, ratio, h_norm)
-        if first and certify_psd is not None and verdict == "breakdown":
-            certify_psd()
-        first = False
-        if verdict == "undecided" or (verdict == "breakdown" and flipped64 is not None):
-            V, U, verdict = _decide_in_float64(flipped64, H64, damping, ratio, h_norm, verdict, V, U)
-            if verdict == "accept" and V.dtype != H.dtype:
-                V, U = V.to(H.dtype), U.to(H.dtype)
-        if verdict == "accept":
-            return V, U, damping
+        accepted = lambda_min_lower + damping > ratio * (lambda_max_upper + damping)
+        if not accepted:
+            if eigenvalues is None:
+                eigenvalues = torch.linalg.eigvalsh(H64)
+            accepted = float(eigenvalues[0]) + damping > ratio * (float(eigenvalues[-1]) + damping)
+        if accepted:
+            factors = _factor(H, damping)
+            if factors is None and H.dtype != torch.float64:
+                factors = _factor(H64, damping)
+            if factors is not None:
+                return (*factors, damping)
         nxt = next(schedule, None)
         if nxt is None:
             raise torch.linalg.LinAlgError(spec.damping_error(damping))
-        warnings.warn(spec.damping_warning(damping, nxt), RuntimeWarning, stacklevel=4)
+        warnings.warn(spec.damping_warning(damping, nxt), RuntimeWarning, stacklevel=5)
         damping = nxt
 
 
-def _try_load(flipped: torch.Tensor, damping: float, ratio: float, h_norm: float):
-    """Cholesky and U at one load in ``flipped``'s dtype -> (V, U, verdict): "accept" (certified not
-    numerically singular, with margin for this dtype's rounding), "undecided" or "breakdown"."""
-    b = flipped.shape[0]
-    eye = torch.eye(b, dtype=flipped.dtype, device=flipped.device)
-    L, info = torch.linalg.cholesky_ex(flipped + damping * eye)
+def _factor(H: torch.Tensor, damping: float):
+    """(V, U) of H + damping I in H's dtype, or None when the factorisation breaks down, is not
+    finite, or (below float64) is too ill-conditioned for the dtype: lambda_max max_i U_ii^2, a
+    lower bound on kappa (U_ii^2 <= ||A^-1||_2, A_jj <= lambda_max), above 0.01 / eps."""
+    b = H.shape[0]
+    L, info = torch.linalg.cholesky_ex((H + damping * torch.eye(b, dtype=H.dtype, device=H.device)).flip(0, 1))
     if int(info) != 0:
-        return None, None, "breakdown"
+        return None
     V = L.flip(0, 1)
     U = upper_triangular_inverse(V)
-    u_norm2 = _frobenius(U) ** 2
-    if not math.isfinite(u_norm2):
-        return V, U, "undecided"
-    a_norm = h_norm + damping * math.sqrt(b)  # >= ||H + lambda I||_F >= lambda_max
-    margin = ratio + b * torch.finfo(flipped.dtype).eps  # the factorisation's own backward error
-    return V, U, "accept" if u_norm2 * a_norm * margin < 1.0 else "undecided"
-
-
-def _decide_in_float64(flipped64, H64, damping, ratio, h_norm, verdict, V, U):
-    """The reference's test at one load, in float64. ``flipped64`` is None when the compute dtype is
-    float64 already (V, U and verdict are then that dtype's)."""
-    if flipped64 is not None:
-        V, U, verdict = _try_load(flipped64, damping, ratio, h_norm)
-    if verdict == "breakdown":
-        return None, None, "breakdown"
-    if verdict == "accept":
-        return V, U, verdict
-    return V, U, "breakdown" if _numerically_singular(H64, damping, ratio) else "accept"
+    if not bool(torch.isfinite(U).all()):
+        return None
+    if H.dtype != torch.float64:
+        kappa_lower = (float(H.diagonal().max()) + damping) * float(U.diagonal().abs().max()) ** 2
+        if kappa_lower * torch.finfo(H.dtype).eps > 0.01:
+            return None
+    return V, U
 
 
 def _frobenius(A: torch.Tensor) -> float:
     """||A||_F as a Python float, in float64 only if the compute dtype overflows."""
     norm = float(torch.linalg.matrix_norm(A))
     return norm if math.isfinite(norm) else float(torch.linalg.matrix_norm(A.double()))
-
-
-def _numerically_singular(H64: torch.Tensor, damping: float, ratio: float) -> bool:
-    """The reference's test, in float64: lambda_min <= ratio * lambda_max of H64 + damping I."""
-    lam = torch.linalg.eigvalsh(H64 + damping * torch.eye(H64.shape[0], dtype=torch.float64, device=H64.device))
-    return not float(lam[0]) > ratio * float(lam[-1])
-
-
-def certify_positive_semidefinite(H64: torch.Tensor, eps: float) -> None:
-    """Refuse an H with an eigenvalue below ``-spec.psd_tolerance(b, eps) lambda_max`` (eps: that of
-    H's dtype), as the reference does with eigenvalues, but cheaply: a float64 Cholesky of
-    H + tau I, tau = tolerance x max(diag H) <= tolerance x lambda_max, that succeeds proves
-    lambda_min > -tau (to float64 rounding, far below the tolerance); only when it breaks down are
-    the float64 eigenvalues computed and ``spec.check_psd`` decides. H64: (b, b) float64."""
-    b = H64.shape[0]
-    tau = spec.psd_tolerance(b, eps) * float(H64.diagonal().max())
-    shifted = H64 + tau * torch.eye(b, dtype=torch.float64, device=H64.device)
-    if int(torch.linalg.cholesky_ex(shifted)[1]) == 0:
-        return
-    del shifted
-    lam = torch.linalg.eigvalsh(H64)
-    spec.check_psd(float(lam[0]), float(lam[-1]), b, eps)
 
 
 def upper_triangular_inverse(V: torch.Tensor) -> torch.Tensor:

@@ -136,14 +136,21 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
     loss = None
     if opts.method in ("thanos", "sparsegpt"):
         structured = opts.method == "thanos" and opts.kind == "structured"
-        V, U, Hdamped, damping = _prepare_hessian(Wk, H, Hc, dead, opts.percdamp, dtype, explicit)
+        V, U, Hdamped, damping = _prepare_hessian(Wk, H, Hc, dead, opts.percdamp, explicit)
+        if U.dtype != dtype:  # float32 cannot factor the load float64 accepts: compute in float64
+            dtype = U.dtype
+            Wk = W.detach().to(device=device, dtype=dtype, copy=True)
+            Wk[:, dead] = 0.0
+            W0 = W.detach().to(device=device, dtype=dtype, copy=True)
+            Hc = H.detach().to(device=device, dtype=dtype, copy=True)
+            norms = torch.sqrt(Hc.diagonal().clamp(min=0) / 2)
         if opts.method == "sparsegpt":
             _sparsegpt(Wk, U, opts, mask, dead)
         else:
             if opts.alpha > 0:
                 row_loss = ((Wk * norms) ** 2).sum(1)  # Eq. (14)
                 outliers = K.largest_rows(row_loss, spec.outlier_row_count(opts.alpha, c))
-                Wk[outliers] = W0[outliers]  # left untouched, dead columns included
+                Wk[outliers] = W0[outliers]  # left untouched, dead columns included (exactly: below)
             keep = torch.ones(c, dtype=torch.bool, device=device)
             keep[outliers] = False
             rows = keep.nonzero().squeeze(1)
@@ -168,51 +175,42 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
         message = spec.structured_sparsity_warning(opts.sparsity, opts.alpha, c, b)
         if message:
             warnings.warn(message, RuntimeWarning, stacklevel=4)
-    return PruneResult(
-        Wk.to(W.dtype), mask, loss, count / mask.numel(), damping, [int(i) for i in outliers.tolist()]
-    )
+    weight = Wk.to(W.dtype)
+    if outliers.numel():  # the input's own values, whatever the compute dtype rounded
+        weight[outliers] = W.detach()[outliers]
+    return PruneResult(weight, mask, loss, count / mask.numel(), damping, [int(i) for i in outliers.tolist()])
 
 
-def _prepare_hessian(Wk, H, Hc, dead, percdamp, dtype, explicit):
+def _prepare_hessian(Wk, H, Hc, dead, percdamp, explicit):
     """Dead columns and damping, as ``reference.prepare_hessian``: H_jj = 0 -> H_jj = mean(diag H)
     (of the input H; 1 if every column is dead) and W[:, j] = 0; damping percdamp * mean(diag H).
-    First H must be positive semi-definite up to rounding (``spec.check_psd``): certified for free
-    when the first load is within the PSD tolerance and its Cholesky, in a dtype at least as precise
-    as H's, succeeds; else by ``_kernels.certify_positive_semidefinite`` (one float64 Cholesky).
+    First H must be positive semi-definite up to rounding (``spec.check_psd``), certified by one
+    float64 Cholesky of H + s I, s = min(PSD tolerance x max(diag H), first load / 2), which also
+    lets ``damped_factor`` accept the first load without eigenvalues (``psd_lower_bound``).
 
-    Returns (V, U, damped H or None, damping) in the compute dtype, with H + lambda I = V V^T
-    (V upper) and U = V^-1 the upper Cholesky factor of the damped H^-1."""
+    Returns (V, U, damped H or None, damping) with H + lambda I = V V^T (V upper) and U = V^-1 the
+    upper Cholesky factor of the damped H^-1, in the compute dtype -- or in float64 when the
+    compute dtype cannot factor the load the float64 test accepts (the caller then switches)."""
     diag64 = H.detach().diagonal().to(torch.float64)
     # mean(diag) exactly as the reference computes it (NumPy's pairwise float64 sum), so that the
     # damping recorded in the result is the same number
     mean_diagonal = float(np.mean(diag64.cpu().numpy())) or 1.0
     H64 = H.detach().to(device=Wk.device, dtype=torch.float64, copy=True)  # the input H, for now
     b = H64.shape[0]
-    h_eps = torch.finfo(H.dtype).eps
-    any_dead = bool(dead.any())
-    dead_rows_clean = not any_dead or not bool(H64[dead].any())
-    tau = spec.psd_tolerance(b, h_eps) * float(diag64.max())
-    free_certificate = (
-        percdamp * mean_diagonal <= tau and torch.finfo(dtype).eps <= h_eps and dead_rows_clean
-    )
-    if not free_certificate:
-        K.certify_positive_semidefinite(H64, h_eps)
-
-    def certify_psd():  # on the input H: the dead diagonal back at 0 for the check
-        H64.diagonal()[dead] = 0.0
-        K.certify_positive_semidefinite(H64, h_eps)
-        H64.diagonal()[dead] = mean_diagonal
-
+    tolerance_shift = spec.psd_tolerance(b, torch.finfo(H.dtype).eps) * float(diag64.max())
+    first_load = percdamp * mean_diagonal
+    shift = min(tolerance_shift, first_load / 2) if first_load > 0 else tolerance_shift
+    lambda_min_lower = K.psd_lower_bound(H64, shift, torch.finfo(H.dtype).eps)
     Hd = Hc.clone()
-    if any_dead:
+    if bool(dead.any()):  # a PSD change (a larger diagonal): the lower bound still holds
         Hd.diagonal()[dead] = mean_diagonal
         H64.diagonal()[dead] = mean_diagonal
         Wk[:, dead] = 0.0
-    V, U, damping = K.damped_factor(Hd, mean_diagonal, percdamp, H64, certify_psd if free_certificate else None)
+    V, U, damping = K.damped_factor(Hd, H64, mean_diagonal, percdamp, lambda_min_lower)
     del H64
     Hdamped = None
     if explicit:
-        Hdamped = Hd
+        Hdamped = Hd.to(U.dtype)
         Hdamped.diagonal().add_(damping)
     return V, U, Hdamped, damping
 
