@@ -118,10 +118,6 @@ def as_integer(x: Any) -> Optional[int]:
     return int(x)
 
 
-def _is_number(x: Any) -> bool:
-    return as_real(x) is not None
-
-
 def check_arguments(
     W_shape: tuple,
     H_shape: Optional[tuple],
