@@ -105,7 +105,10 @@ def as_real(x: Any) -> Optional[float]:
     x = _scalar(x)
     if isinstance(x, bool) or not isinstance(x, numbers.Real):  # NumPy's bool is no numbers.Real
         return None
-    value = float(x)
+    try:
+        value = float(x)
+    except OverflowError:  # an int beyond float's range
+        return None
     return value if math.isfinite(value) else None
 
 

@@ -163,7 +163,7 @@ def damped_factor(H: torch.Tensor, H64: torch.Tensor, mean_diagonal: float, perc
         nxt = next(schedule, None)
         if nxt is None:
             raise torch.linalg.LinAlgError(spec.damping_error(damping))
-        warnings.warn(spec.damping_warning(damping, nxt), RuntimeWarning, stacklevel=5)
+        warnings.warn(spec.damping_warning(damping, nxt), RuntimeWarning, stacklevel=6)  # the caller of thanos.prune
         damping = nxt
 
 
