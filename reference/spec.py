@@ -1,8 +1,11 @@
 """The shared contract of ``reference.prune`` and ``thanos.prune``: argument checks, exact counts.
 
 Both implementations call these functions, so they reject the same inputs with the same messages
-and prune the same number of weights. Nothing here touches array values except through the
-``finite``/``symmetric`` callbacks each implementation passes in; this module never imports torch.
+and prune the same number of weights. Nothing here touches array values: each implementation
+computes the facts (finiteness, asymmetry, eigenvalue bounds, counts achieved) its own way and
+passes them in; the rules and messages (argument checks, exact counts, the PSD tolerance, the
+singularity ratio of the damping test, the warnings) live here. This module never imports torch:
+NumPy scalars and 0-d arrays or tensors are read through ``numbers`` and ``.item()``.
 """
 
 from __future__ import annotations

@@ -135,10 +135,12 @@ def damped_factor(H: torch.Tensor, H64: torch.Tensor, mean_diagonal: float, perc
     eigenvalues of H64, computed once (a load near the scale of rounding: percdamp = 0 or tiny).
 
     At an accepted load the factor is computed in H's dtype (the compute dtype). When a float32
-    factorisation breaks down there, or comes out non-finite or beyond float32's reach
-    (lambda_max(A) max U_ii^2 >= kappa(A)... > 0.01 / eps32: every later float32 solve would be
-    noise), the layer is factored -- and then computed -- in float64 at the same load instead of
-    stepping the damping up: the factor comes back in float64 and the caller switches dtype.
+    factorisation breaks down there, or comes out non-finite or beyond float32's reach (a lower
+    bound on kappa(A) above 0.01 / eps32: every later float32 solve would be noise, see
+    ``_factor``), the layer is factored -- and then computed -- in float64 at the same load
+    instead of stepping the damping up: the factor comes back in float64 and the caller switches
+    dtype. (Casting the float64 factor to float32, as first proposed, leaves the float32 trailing
+    solves to break down later on the same ill-conditioning.)
     Each rejected load warns (RuntimeWarning) and raises the load; after the last a
     ``torch.linalg.LinAlgError`` with ``spec.damping_error``. H64: the prepared H in float64.
     Returns (V, U, damping), V and U in H's dtype or in float64."""

@@ -52,7 +52,10 @@ def prune(
     and fp32 weights), or torch.float32 / torch.float64 explicitly, whatever W's dtype. allow_tf32: let
     CUDA matmuls use TF32 (off by default; the global flags are restored afterwards).
     max_extra_memory: bytes of temporaries one batched solve may use (rows are chunked to fit).
-    The inputs are never modified."""
+    Numbers may be Python, NumPy or 0-d array/tensor scalars (not bool). Dead columns (H_jj = 0)
+    are pruned first and counted (a RuntimeWarning when they exceed a group's count); an H with an
+    eigenvalue clearly below 0 raises ValueError (``spec.check_psd``); damping follows the
+    reference's float64 rule in every compute dtype. The inputs are never modified."""
     return _prune(
         W, H, method=method, pattern=pattern, sparsity=sparsity, block_size=block_size, alpha=alpha,
         percdamp=percdamp, compute_dtype=compute_dtype, allow_tf32=allow_tf32,
