@@ -1,13 +1,17 @@
 """The shared contract of ``reference.prune`` and ``thanos.prune``: argument checks, exact counts.
 
 Both implementations call these functions, so they reject the same inputs with the same messages
-and prune the same number of weights. Nothing here touches array values except through the
-``finite``/``symmetric`` callbacks each implementation passes in; this module never imports torch.
+and prune the same number of weights. Nothing here touches array values: each implementation
+computes the facts (finiteness, asymmetry, eigenvalue bounds, counts achieved) its own way and
+passes them in; the rules and messages (argument checks, exact counts, the PSD tolerance, the
+singularity ratio of the damping test, the warnings) live here. This module never imports torch:
+NumPy scalars and 0-d arrays or tensors are read through ``numbers`` and ``.item()``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -61,8 +65,9 @@ def parse_pattern(pattern: Any) -> tuple[str, int, int]:
         raise ValueError(f"pattern must be a string, got {pattern!r}")
     if pattern in ("unstructured", "structured"):
         return pattern, 0, 0
-    parts = pattern.split(":")
-    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+    parts = [p.strip() for p in pattern.split(":")]
+    # ASCII digits only: str.isdigit and int() also take full-width and other Unicode digits ("１:４")
+    if len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts):
         n, m = int(parts[0]), int(parts[1])
         if n < 1 or n >= m:
             raise ValueError(f"pattern {pattern!r}: N:M needs 1 <= N < M (N pruned of every M)")
@@ -86,8 +91,37 @@ class Options:
     columns: int
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+def _scalar(x: Any) -> Any:
+    """A 0-d array-like (``np.float32(0.5)`` is a number already; ``np.array(0.5)``,
+    ``torch.tensor(0.5)``) as the Python scalar its ``.item()`` gives; anything else unchanged."""
+    if not isinstance(x, numbers.Number) and getattr(x, "shape", None) == () and callable(getattr(x, "item", None)):
+        try:
+            return x.item()
+        except Exception:  # e.g. a tensor on the 'meta' device has no value
+            return x
+    return x
+
+
+def as_real(x: Any) -> Optional[float]:
+    """``x`` as a finite Python float if it is a real number (``numbers.Real``: int, float, NumPy
+    scalars; or a 0-d array or tensor holding one), else None. Booleans are not numbers here."""
+    x = _scalar(x)
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):  # NumPy's bool is no numbers.Real
+        return None
+    try:
+        value = float(x)
+    except OverflowError:  # an int beyond float's range
+        return None
+    return value if math.isfinite(value) else None
+
+
+def as_integer(x: Any) -> Optional[int]:
+    """``x`` as a Python int if it is an integer (``numbers.Integral``: int, NumPy integers; or a 0-d
+    integer array or tensor), else None. Booleans and floats (even 8.0) are not integers here."""
+    x = _scalar(x)
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        return None
+    return int(x)
 
 
 def check_arguments(
@@ -115,28 +149,32 @@ def check_arguments(
     kind, n, m = parse_pattern(pattern)
     if kind == "N:M":
         implied = n / m
-        if sparsity is not None and (not _is_number(sparsity) or abs(float(sparsity) - implied) > 1e-12):
+        if sparsity is not None and (as_real(sparsity) is None or abs(as_real(sparsity) - implied) > 1e-12):
             raise ValueError(f"sparsity {sparsity!r} contradicts pattern {pattern!r} (which prunes {implied}); pass None")
-        sparsity = implied
+        sparsity_value = implied
         if b % m:
             raise ValueError(f"pattern {pattern!r} needs b = {b} input columns divisible by M = {m}")
     else:
-        if sparsity is None or not _is_number(sparsity) or not 0.0 <= float(sparsity) < 1.0:
+        sparsity_value = None if sparsity is None else as_real(sparsity)
+        if sparsity_value is None or not 0.0 <= sparsity_value < 1.0:
             raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+    block = as_integer(block_size)
+    if block is None or block < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    if kind == "N:M" and block_size % m:
-        raise ValueError(f"block_size {block_size} must be a multiple of M = {m} for pattern {pattern!r}")
-    if not _is_number(alpha) or not 0.0 <= float(alpha) < 1.0:
+    if kind == "N:M" and block % m:
+        raise ValueError(f"block_size {block} must be a multiple of M = {m} for pattern {pattern!r}")
+    alpha_value = as_real(alpha)
+    if alpha_value is None or not 0.0 <= alpha_value < 1.0:
         raise ValueError(f"alpha must be a number in [0, 1), got {alpha!r}")
-    if float(alpha) > 0 and not (method == "thanos" and kind in ("structured", "N:M")):
+    if alpha_value > 0 and not (method == "thanos" and kind in ("structured", "N:M")):
         raise ValueError(
             f"alpha (outlier rows kept dense) applies to method 'thanos' with a structured or N:M pattern, "
             f"not to method {method!r} with pattern {pattern!r}; got alpha={alpha!r}"
         )
-    if not _is_number(percdamp) or float(percdamp) < 0:
+    percdamp_value = as_real(percdamp)
+    if percdamp_value is None or percdamp_value < 0:
         raise ValueError(f"percdamp must be a finite number >= 0, got {percdamp!r}")
-    return Options(method, kind, n, m, float(sparsity), int(block_size), float(alpha), float(percdamp), c, b)
+    return Options(method, kind, n, m, sparsity_value, block, alpha_value, percdamp_value, c, b)
 
 
 def check_values(name: str, all_finite: bool) -> None:
@@ -145,12 +183,108 @@ def check_values(name: str, all_finite: bool) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def check_floating(name: str, is_floating: bool, dtype: Any) -> None:
+    """W and H hold floating-point values (an integer, bool or complex array is refused, in both
+    implementations with this message)."""
+    if not is_floating:
+        raise ValueError(f"{name} must be a floating-point array or tensor, got dtype {dtype}")
+
+
+def check_device(name: str, device_type: str) -> None:
+    """A tensor on PyTorch's ``meta`` device has a shape but no values: refuse it by name."""
+    if device_type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device: it has a shape but no values (load or materialise it first)")
+
+
 def check_hessian(max_asymmetry: float, max_abs: float, min_diagonal: float, eps: float) -> None:
     """H must be symmetric (to ``sqrt(eps)`` of its largest entry) with a non-negative diagonal."""
     if max_asymmetry > math.sqrt(eps) * max_abs:
         raise ValueError(f"H is not symmetric: max |H - H^T| = {max_asymmetry:.3g} against max |H| = {max_abs:.3g}")
     if min_diagonal < 0:
-        raise ValueError(f"H is not positive semidefinite: its diagonal has {min_diagonal:.3g} < 0")
+        raise ValueError(f"H is not positive semi-definite: its diagonal has {min_diagonal:.3g} < 0")
+
+
+# Positive semi-definiteness up to rounding. H arrives as fl(2 X X^T) (or a running mean of such
+# products) in its dtype, of machine epsilon eps. Entry (i, j) is a dot product of columns i and j
+# of X^T, so its rounding error is at most gamma * sum_t |x_ti x_tj| <= gamma sqrt(H_ii H_jj)
+# (Cauchy-Schwarz), gamma = k eps with k the summation's error growth. The error matrix E is then
+# bounded entrywise by gamma d d^T (d_i = sqrt(H_ii)), so ||E||_2 <= gamma ||d||^2 = gamma trace(H)
+# <= gamma b lambda_max(H): an exactly PSD matrix comes out with lambda_min >= -k b eps lambda_max.
+# Blocked and pairwise summation (every BLAS) keep k far below the naive worst case (the length
+# of the dot product). Measured with thanos.HessianAccumulator on rank-1 to rank-12 X with features
+# scaled over six decades (b = 16, 64, 256; 8 to 2**17 tokens; batches of 1 to 4096), the worst
+# -lambda_min / (b eps lambda_max) was 0.08 in float32 and 0.69 in float64 (where eigvalsh's own
+# error, ~ b eps64 lambda_max, is of the same order). We take C = 30 (the suite's usual headroom
+# over a constant of about 1): an eigenvalue below -30 b eps lambda_max is not rounding, and H is
+# refused.
+PSD_C = 30.0
+
+
+def psd_tolerance(b: int, eps: float) -> float:
+    """``C b eps``: how far below 0, relative to lambda_max, rounding can push lambda_min of a PSD H
+    of size b computed in a dtype of machine epsilon eps (derivation above)."""
+    return PSD_C * max(int(b), 1) * eps
+
+
+def check_psd(lambda_min: float, lambda_max: float, b: int, eps: float) -> None:
+    """Refuse an H with an eigenvalue clearly below 0: ``lambda_min < -C b eps lambda_max``."""
+    tolerance = psd_tolerance(b, eps)
+    if lambda_min < -tolerance * max(lambda_max, 0.0):
+        raise ValueError(
+            f"H is not positive semi-definite: its smallest eigenvalue {lambda_min:.3g} is below "
+            f"-{tolerance:.3g} x its largest {lambda_max:.3g} (the most rounding of 2 X X^T can explain); "
+            "check how H was computed (damping would hide this, so it is refused)"
+        )
+
+
+#: A damped matrix A counts as numerically singular when ``lambda_min(A) <= SINGULAR_C b eps64
+#: lambda_max(A)``, decided in float64 (reference.algorithms.prepare_hessian explains the 10).
+SINGULAR_C = 10.0
+
+
+def singular_ratio(b: int) -> float:
+    """``10 b eps64``: a damping load is accepted only if lambda_min(A) exceeds this x lambda_max(A)."""
+    return SINGULAR_C * max(int(b), 1) * 2.0**-52
+
+
+def requested_count(opts: "Options", outlier_rows: int) -> int:
+    """The number of weights the contract prunes from a layer without dead columns: floor(p c b)
+    (Thanos, SparseGPT, magnitude unstructured), c floor(p b) (Wanda), (c - k) n b / m (N:M), and
+    (c - k) s (structured), k = ``outlier_rows``."""
+    c, b = opts.rows, opts.columns
+    active = c - outlier_rows
+    if opts.kind == "N:M":
+        return active * (b // opts.m) * opts.n
+    if opts.kind == "structured":
+        return active * structured_column_count(opts.sparsity, opts.alpha, b)
+    if opts.method == "wanda":
+        return c * per_row_count(opts.sparsity, b)
+    return unstructured_count(opts.sparsity, active * b)
+
+
+def dead_columns_warning(dead_columns: int, requested: int, achieved: int, numel: int) -> str:
+    """Dead columns (H_jj = 0) are pruned first and in full; when they outnumber a comparison
+    group's count the layer ends sparser than requested, and this says so."""
+    return (
+        f"{dead_columns} dead column(s) of H (H_jj = 0: no calibration input) hold more weights than their "
+        f"comparison group may prune; all of them are pruned: requested sparsity {requested / numel:.6g} "
+        f"({requested} of {numel} weights), achieved {achieved / numel:.6g} ({achieved})"
+    )
+
+
+def structured_sparsity_warning(sparsity: float, alpha: float, c: int, b: int) -> Optional[str]:
+    """Structured Thanos removes s = min(b, ceil(p b / (1 - alpha))) columns from the c - k rows that
+    are not outliers; when the ceiling asks for more than b columns the request cannot be met, and
+    the message gives the effective sparsity (c - k) / c instead. None when it can be met."""
+    wanted = _ceil(sparsity * b / (1.0 - alpha), b)
+    if wanted <= b:
+        return None
+    k = outlier_row_count(alpha, c)
+    return (
+        f"structured pattern: sparsity {sparsity:.6g} with alpha {alpha:.6g} needs ceil(p b / (1 - alpha)) = {wanted} "
+        f"columns of b = {b}; all {b} are removed from the {c - k} rows that are not outliers ({k} stay dense): "
+        f"requested sparsity {sparsity:.6g}, achieved {(c - k) / c:.6g}"
+    )
 
 
 def damping_schedule(percdamp: float, mean_diagonal: float, tries: int = 8):

@@ -8,6 +8,8 @@ Cauchy-Schwarz that sum is at most ``sqrt(H_ii H_jj) <= max|H|``: hence
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,54 @@ def test_streamed_hessian_prunes_like_the_one_shot_hessian():
 def test_bad_arguments(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_non_finite_activations_are_refused_at_once_with_the_layer_name(device, bad, dtype):
+    """NaN or Inf anywhere in a batch: ValueError naming the layer, raised by ``update`` itself
+    (not later in ``prune``), and H and the token count are left exactly as they were."""
+    acc = thanos.HessianAccumulator(6, device=device, name="model.layers.3.mlp.down_proj")
+    acc.update(torch.randn(4, 6, device=device))
+    before, tokens = acc.hessian.clone(), acc.tokens
+    x = torch.randn(2, 5, 6, device=device).to(dtype)
+    x[1, 3, 2] = bad
+    with pytest.raises(ValueError, match=r"layer 'model\.layers\.3\.mlp\.down_proj': x contains NaN or Inf"):
+        acc.update(x)
+    assert torch.equal(acc.hessian, before) and acc.tokens == tokens, "a refused batch must leave H untouched"
+
+
+def test_huge_finite_activations_are_not_mistaken_for_non_finite():
+    """The cheap finiteness test (one sum) overflows on huge finite values; the exact check then
+    clears them: no error (the values themselves are finite)."""
+    acc = thanos.HessianAccumulator(2, dtype=torch.float64)
+    acc.update(torch.full((3, 2), 1e308, dtype=torch.float64))
+    assert acc.tokens == 3
+
+
+def test_name_is_in_every_error_message():
+    name = "model.layers.0.self_attn.q_proj"
+    where = re.escape(f"layer {name!r}: ")
+    for make, message in [
+        (lambda: thanos.HessianAccumulator(0, name=name), "columns must be a positive integer"),
+        (lambda: thanos.HessianAccumulator(4, dtype=torch.float16, name=name), "dtype must be"),
+        (lambda: thanos.HessianAccumulator(4, name=name).update(torch.ones(3, 5)), r"x must have shape \(\.\.\., 4\)"),
+        (lambda: thanos.HessianAccumulator(4, name=name).update([1.0, 2.0, 3.0, 4.0]), "x must be a torch.Tensor"),
+        (lambda: thanos.HessianAccumulator(4, name=name).update(torch.ones(3, 4, device="meta")), "x is on the 'meta' device"),
+        (lambda: thanos.HessianAccumulator(4, name=name).update(torch.ones(3, 4, dtype=torch.complex64)), "x must hold real numbers"),
+    ]:
+        with pytest.raises(ValueError, match=where + message):
+            make()
+    with pytest.raises(ValueError, match="name must be a string"):
+        thanos.HessianAccumulator(4, name=7)
+    assert repr(thanos.HessianAccumulator(4, name=name)).startswith(f"HessianAccumulator(name={name!r}, columns=4")
+
+
+def test_numpy_and_0d_integers_are_column_counts():
+    """``np.int64(8)`` (what ``W.shape`` gives through NumPy) and a 0-d integer tensor are integers;
+    a float 8.0 and a bool are not."""
+    assert thanos.HessianAccumulator(np.int64(8)).columns == 8
+    assert thanos.HessianAccumulator(torch.tensor(8)).columns == 8
+    for bad in (8.0, True, np.float64(8.0)):
+        with pytest.raises(ValueError, match="columns must be a positive integer"):
+            thanos.HessianAccumulator(bad)

@@ -86,13 +86,30 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
+def _recording(prune, *args, **kwargs):
+    """(result, warning messages) of one prune call; every warning must be a RuntimeWarning."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = prune(*args, **kwargs)
+    assert all(w.category is RuntimeWarning for w in record), [str(w.message) for w in record]
+    return result, [str(w.message) for w in record]
+
+
+def _prune(W, H, **kwargs):
+    """``thanos.prune`` whose warnings (dead columns beyond a group's count, a structured request
+    that cannot be met, damping steps) are allowed; the differential tests compare them instead."""
+    return _recording(thanos.prune, W, H, **kwargs)[0]
+
+
 def _run_both(layer, kwargs, device, dtype="float64", compute_dtype=torch.float64):
-    """Production on (W in ``dtype``, H in float64 or float32) and the reference on the same values."""
+    """Production on (W in ``dtype``, H in float64 or float32) and the reference on the same values;
+    both must give the same warnings, word for word (the messages come from ``reference.spec``)."""
     tdtype = TORCH_DTYPES[dtype]
     W = torch.tensor(layer.W, dtype=torch.float64).to(tdtype).to(device)
     H = torch.tensor(layer.H, dtype=torch.float64 if dtype == "float64" else torch.float32).to(device)
-    prod = thanos.prune(W, H, compute_dtype=compute_dtype, **kwargs)
-    ref = reference.prune(_np(W), _np(H), **kwargs)
+    prod, prod_warnings = _recording(thanos.prune, W, H, compute_dtype=compute_dtype, **kwargs)
+    ref, ref_warnings = _recording(reference.prune, _np(W), _np(H), **kwargs)
+    assert prod_warnings == ref_warnings, f"{kwargs}: production warned {prod_warnings}, the reference {ref_warnings}"
     return W, H, prod, ref
 
 
@@ -253,7 +270,7 @@ def test_counts_zeros_and_loss_in_every_dtype(device, dtype, data):
     W = torch.tensor(layer.W).to(tdtype).to(device)
     H = torch.tensor(layer.H, dtype=torch.float32).to(device)
     compute = torch.float64 if dtype == "float64" else torch.float32
-    res = thanos.prune(W, H, compute_dtype=compute, **kwargs)
+    res = _prune(W, H, compute_dtype=compute, **kwargs)
     mask = res.mask.cpu().numpy()
     weight = _np(res.weight)
     what = f"{dtype} {kwargs}"
@@ -307,8 +324,8 @@ def test_scaling_h_by_powers_of_four_is_bit_identical(device, data):
     compute = data.draw(st.sampled_from([torch.float32, torch.float64]), label="compute")
     W = torch.tensor(layer.W, dtype=torch.float32, device=device)
     H = torch.tensor(layer.H, dtype=torch.float32, device=device)
-    a = thanos.prune(W, H, compute_dtype=compute, **kwargs)
-    b = thanos.prune(W, H * 4.0**k, compute_dtype=compute, **kwargs)
+    a = _prune(W, H, compute_dtype=compute, **kwargs)
+    b = _prune(W, H * 4.0**k, compute_dtype=compute, **kwargs)
     assert torch.equal(a.mask, b.mask) and torch.equal(a.weight, b.weight), f"{kwargs} k={k}"
     assert b.loss == a.loss * 4.0**k
     assert (a.damping is None and b.damping is None) or b.damping == a.damping * 4.0**k
@@ -321,8 +338,8 @@ def test_scaling_h_by_any_factor_changes_nothing(device, data):
     kwargs = data.draw(S.prune_arguments(layer.info["b"]), label="kwargs")
     scale = data.draw(S.scales(1e-12, 1e12), label="scale")
     W = torch.tensor(layer.W, device=device)
-    a = thanos.prune(W, torch.tensor(layer.H, device=device), compute_dtype=torch.float64, **kwargs)
-    b = thanos.prune(W, torch.tensor(layer.H * scale, device=device), compute_dtype=torch.float64, **kwargs)
+    a = _prune(W, torch.tensor(layer.H, device=device), compute_dtype=torch.float64, **kwargs)
+    b = _prune(W, torch.tensor(layer.H * scale, device=device), compute_dtype=torch.float64, **kwargs)
     assert torch.equal(a.mask, b.mask), kwargs
     if a.damping is not None:
         kappa = _kappa(layer.H, a.damping)
@@ -338,8 +355,8 @@ def test_repeat_runs_are_bit_identical_and_inputs_untouched(device, data):
     W = torch.tensor(layer.W).to(TORCH_DTYPES[dtype]).to(device)
     H = torch.tensor(layer.H, dtype=torch.float32, device=device)
     W_before, H_before = W.clone(), H.clone()
-    a = thanos.prune(W, H, **kwargs)
-    b = thanos.prune(W, H, **kwargs)
+    a = _prune(W, H, **kwargs)
+    b = _prune(W, H, **kwargs)
     assert torch.equal(W, W_before) and torch.equal(H, H_before), "prune modified its input"
     assert torch.equal(a.weight, b.weight) and torch.equal(a.mask, b.mask) and a.loss == b.loss
 
@@ -411,14 +428,20 @@ def test_golden_singular_h_warns_and_records_damping():
 
 
 def test_hopeless_h_raises_after_the_damping_schedule():
-    H = torch.tensor([[1.0, 1e9], [1e9, 1.0]], dtype=torch.float64)
-    W = torch.ones(2, 2, dtype=torch.float64)
-    last = list(spec.damping_schedule(0.01, 1.0))[-1]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with pytest.raises(torch.linalg.LinAlgError, match=re.escape(spec.damping_error(last))):
-            thanos.prune(W, H, method="sparsegpt", pattern="unstructured", sparsity=0.5)
-    assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == len(list(spec.damping_schedule(0.01, 1.0))) - 1
+    """float16 H of size 64 with a block [[1, 50], [50, 1]]: PSD within float16's tolerance
+    (30 * 64 * 2^-10 x lambda_max), but no load of the schedule (percdamp 1e-12: up to 1 x
+    mean(diag H)) makes it positive definite: every load warns, then LinAlgError, as the reference."""
+    H = torch.eye(64, dtype=torch.float64)
+    H[0, 1] = H[1, 0] = 50.0
+    H = H.to(torch.float16)
+    W = torch.ones(2, 64, dtype=torch.float64)
+    loads = list(spec.damping_schedule(1e-12, 1.0))
+    for compute in (torch.float32, torch.float64):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(torch.linalg.LinAlgError, match=re.escape(spec.damping_error(loads[-1]))):
+                thanos.prune(W, H, method="sparsegpt", pattern="unstructured", sparsity=0.5, percdamp=1e-12, compute_dtype=compute)
+        assert sum(issubclass(w.category, RuntimeWarning) for w in caught) == len(loads) - 1
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -437,7 +460,7 @@ def _bad_cases():
         (nan_W, H, {}, "W contains NaN or Inf"),
         (W, inf_H, {}, "H contains NaN or Inf"),
         (W, asym, {}, "H is not symmetric"),
-        (W, -H, {}, "H is not positive semidefinite"),
+        (W, -H, {}, "H is not positive semi-definite: its diagonal"),
         (W, torch.eye(7), {}, "H must be square"),
         (W, None, {}, "H is required"),
         (W, H, dict(sparsity=1.0), "sparsity must be a number"),

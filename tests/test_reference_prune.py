@@ -15,6 +15,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from hypothesis import given, note
+from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
 import reference
@@ -29,7 +30,8 @@ PRUNE_LAYERS = dict(max_c=6, max_b=12, max_kappa=S.KAPPA_SQRT, w_scale=S.SCALE_R
 
 
 def _with_dead_columns_zeroed(W, H):
-    """The reference's dead-column rule (DESIGN.md): W[:, j] = 0 where H_jj = 0."""
+    """The reference's dead-column rule (DESIGN.md): W[:, j] = 0 where H_jj = 0 (in every row a
+    method prunes; dead weights are pruned first, so they are in the mask too)."""
     W = np.array(W, dtype=np.float64, copy=True)
     W[:, np.diag(H) == 0] = 0.0
     return W
@@ -63,8 +65,36 @@ def contract_count(p: float, n: int):
 
 
 def _prune(W, H, **kwargs):
-    result = reference.prune(W, H, **kwargs)
-    note(f"pruned {int(result.mask.sum())} of {result.mask.size}, damping={result.damping}, outliers={result.outlier_rows}")
+    """``reference.prune`` with its warnings checked: never fewer weights pruned than the contract's
+    count; the dead-column warning exactly when more (dead columns outnumbering a group's count);
+    the structured warning exactly when s = ceil(p b / (1 - alpha)) exceeds b; no damping warning
+    (those are tested on their own below)."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = reference.prune(W, H, **kwargs)
+    if currently_in_test_context():
+        note(f"pruned {int(result.mask.sum())} of {result.mask.size}, damping={result.damping}, outliers={result.outlier_rows}")
+    messages = [str(w.message) for w in record]
+    assert all(w.category is RuntimeWarning for w in record), messages
+    full = {**dict(sparsity=None, block_size=128, alpha=0.0, percdamp=0.01), **kwargs}
+    opts = spec.check_arguments(np.shape(W), None if H is None else np.shape(H), **full)
+    requested, achieved = spec.requested_count(opts, len(result.outlier_rows)), int(result.mask.sum())
+    assert achieved >= requested, (achieved, requested)
+    dead_warnings = [m for m in messages if "dead column" in m]
+    assert len(dead_warnings) == int(achieved > requested), (messages, achieved, requested)
+    if dead_warnings:
+        assert f"achieved {achieved / result.mask.size:.6g} ({achieved})" in dead_warnings[0]
+    structured_warnings = [m for m in messages if m.startswith("structured pattern")]
+    if opts.method == "thanos" and opts.kind == "structured":
+        # capped when ceil(p b / (1 - alpha)) > b in rational arithmetic; within the snap of an
+        # integer (spec._SNAP, the float edge) either answer is the contract's
+        ratio = Fraction(opts.sparsity) * opts.columns / (1 - Fraction(opts.alpha))
+        at_edge = abs(ratio - round(ratio)) <= Fraction(16 * 2.0**-52) * opts.columns
+        if not at_edge:
+            assert len(structured_warnings) == int(math.ceil(ratio) > opts.columns), (messages, opts)
+    else:
+        assert not structured_warnings, messages
+    assert len(messages) == len(dead_warnings) + len(structured_warnings), messages
     return result
 
 
@@ -89,12 +119,16 @@ def test_one_block_is_the_fixed_mask_optimum(data):
     result = _prune(W, H, method="thanos", pattern=pattern, sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp)
     Hd = S.prepared_hessian(H, result.damping)
     kappa = T.condition_number(Hd)
-    expected = eq.fixed_mask_optimum(_with_dead_columns_zeroed(W, H), Hd, result.mask)
+    # dead weights are in the mask (pruned first), so W itself goes in: their rows and columns of
+    # H are zero, they move no kept weight
+    dead_columns = np.flatnonzero(np.diag(H) == 0)
+    pruned_rows = np.setdiff1d(np.arange(W.shape[0]), result.outlier_rows)
+    assert result.mask[np.ix_(pruned_rows, dead_columns)].all(), "dead columns are pruned in every row that is not an outlier"
+    expected = eq.fixed_mask_optimum(W, Hd, result.mask)
     T.assert_close(result.weight, expected, tol=T.solve_tol(b, kappa), kappa=kappa, scale=np.max(np.abs(W)), what="one-block Thanos vs fixed-mask optimum")
     T.assert_exactly_zero(result.weight, result.mask, what="one-block Thanos")
-    if not dead:
-        for k in result.outlier_rows:
-            assert np.array_equal(result.weight[k], W[k]), f"outlier row {k} must be bit-identical to the input"
+    for k in result.outlier_rows:
+        assert np.array_equal(result.weight[k], W[k]) and not result.mask[k].any(), f"outlier row {k} must be bit-identical to the input"
 
 
 @given(st.data())
@@ -125,28 +159,33 @@ def test_one_column_per_block_is_sequential_obs(data):
 
 def thanos_by_blocks(W, H, Hd, total, block_size, nm=None):
     """Alg. 1 / Alg. 8 rebuilt from the fixed-mask optimum: at each block start j1, score the
-    *current* weights of columns j1.. with psi (Eq. 11); unstructured: take the ``total - pruned so
-    far`` smallest over that whole remaining matrix (row-major ties) and keep the part inside the
-    block; N:M: each row's n smallest of every group of m in the block. Then every row gets the
-    least-squares fit of its trailing problem (columns j1.., matrix Hd_{j1:,j1:}) for that mask."""
+    *current* weights of columns j1.. with psi (Eq. 11), dead columns (H_jj = 0) ranked before
+    every live weight; unstructured: take the ``total - pruned so far`` first of that whole
+    remaining matrix (row-major ties) and keep the part inside the block; N:M: each row's n first
+    of every group of m in the block; either way every dead weight of the block too. Then every
+    row gets the least-squares fit of its trailing problem (columns j1.., matrix Hd_{j1:,j1:})."""
     W = np.array(W, dtype=np.float64, copy=True)
     c, b = W.shape
     mask = np.zeros((c, b), dtype=bool)
     norms = np.sqrt(np.diag(H) / 2.0)
+    live = np.broadcast_to(np.diag(H) != 0, (c, b))
     remaining = total
     for j1 in range(0, b, block_size):
         j2 = min(j1 + block_size, b)
         scores = np.abs(W[:, j1:]) * norms[None, j1:]
         if nm is None:
             chosen = np.zeros(scores.size, dtype=bool)
-            chosen[np.argsort(scores, axis=None, kind="stable")[:remaining]] = True
+            order = np.lexsort((scores.ravel(), live[:, j1:].ravel()))  # dead first, then by psi; stable
+            chosen[order[: max(remaining, 0)]] = True
             block = chosen.reshape(scores.shape)[:, : j2 - j1]
-            remaining -= int(block.sum())
         else:
             n, m = nm
             grouped = scores[:, : j2 - j1].reshape(c, -1, m)
-            ranks = np.argsort(np.argsort(grouped, axis=2, kind="stable"), axis=2, kind="stable")
+            grouped_live = live[:, j1:j2].reshape(c, -1, m)
+            ranks = np.argsort(np.lexsort((grouped, grouped_live), axis=2), axis=2, kind="stable")
             block = (ranks < n).reshape(c, j2 - j1)
+        block = block | ~live[:, j1:j2]
+        remaining -= int(block.sum())
         trailing = np.zeros((c, b - j1), dtype=bool)
         trailing[:, : j2 - j1] = block
         W[:, j1:] = eq.fixed_mask_optimum(W[:, j1:], Hd[j1:, j1:], trailing)
@@ -379,12 +418,39 @@ def test_result_zeros_loss_and_sparsity(data):
 
 @given(st.data())
 def test_dead_columns_are_zeroed_and_cost_nothing(data):
+    """Dead columns (H_jj = 0) in the methods that use H: their weights are pruned first -- zero
+    and in the mask in every row that is not an outlier -- and count toward their comparison
+    group, so the layer prunes exactly the contract's count unless the dead weights alone exceed
+    a group's count (then all are pruned, with the warning ``_prune`` checks). Zeroing them
+    changes no output on the calibration data."""
     W, H, X, info = data.draw(S.layers(dead_columns=True, hessian="tokens", **PRUNE_LAYERS), label="layer")
-    b = info["b"]
-    kwargs = data.draw(S.prune_arguments(b, method_names=("thanos", "sparsegpt"), kinds=("unstructured", "N:M")), label="kwargs")
+    c, b = W.shape
+    kwargs = data.draw(S.prune_arguments(b, method_names=("thanos", "sparsegpt", "wanda")), label="kwargs")
     result = _prune(W, H, **kwargs)
     dead = info["dead"]
-    assert np.all(result.weight[:, dead] == 0), "Thanos / SparseGPT zero the weights of dead columns"
+    rows = np.setdiff1d(np.arange(c), result.outlier_rows)
+    assert np.all(result.weight[np.ix_(rows, dead)] == 0), "dead columns' weights are zeroed"
+    assert np.all(result.mask[np.ix_(rows, dead)]), "dead columns' weights are in the mask"
+    assert result.sparsity == result.mask.mean()
+    # the count, built here from the groups: each group prunes max(its count, its dead weights)
+    n_dead = len(dead)
+    p = kwargs["sparsity"]
+    pattern = kwargs["pattern"]
+    if ":" in pattern:
+        n, m = map(int, pattern.split(":"))
+        dead_per_group = np.bincount(np.asarray(dead, dtype=int) // m, minlength=b // m)
+        expected = len(rows) * int(np.sum(np.maximum(dead_per_group, n)))
+    elif pattern == "structured":
+        expected = len(rows) * max(spec.structured_column_count(p, kwargs["alpha"], b), n_dead)
+    elif kwargs["method"] == "wanda":
+        expected = c * max(spec.per_row_count(p, b), n_dead)
+    elif kwargs["method"] == "thanos":
+        expected = max(spec.unstructured_count(p, c * b), c * n_dead)
+    else:  # SparseGPT's cumulative block counts: exact unless a prefix's dead weights exceed it
+        expected = None
+        assert int(result.mask.sum()) >= max(spec.unstructured_count(p, c * b), c * n_dead)
+    if expected is not None:
+        assert int(result.mask.sum()) == expected, (int(result.mask.sum()), expected)
     D = result.weight - W
     assert np.all(np.isfinite(result.weight))
     assert result.loss >= -T.rounding_tol(b) * T.quadratic_form_scale(D, H), result.loss
@@ -395,16 +461,41 @@ def test_dead_columns_are_zeroed_and_cost_nothing(data):
     assert np.array_equal(D[:, dead] @ X[dead], np.zeros((W.shape[0], X.shape[1])))
 
 
+@pytest.mark.parametrize("method", ["thanos", "sparsegpt", "wanda"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "structured"])
+def test_golden_zero_hessian_prunes_everything_and_says_so(method, pattern):
+    """H = 0 (an accumulator never updated): every column is dead, every weight is pruned, and the
+    reported sparsity is 1.0 with a warning giving requested and achieved -- not the requested 0.5
+    while every weight is zero."""
+    W = np.arange(1.0, 33.0).reshape(4, 8)
+    with pytest.warns(RuntimeWarning, match=r"8 dead column\(s\).*requested sparsity 0.5 \(16 of 32 weights\), achieved 1 \(32\)"):
+        result = reference.prune(W, np.zeros((8, 8)), method=method, pattern=pattern, sparsity=None if ":" in pattern else 0.5)
+    assert result.sparsity == 1.0 and result.mask.all() and np.all(result.weight == 0) and result.loss == 0.0
+
+
+def test_golden_dead_columns_count_toward_the_layer_total():
+    """c = 2, b = 4, p = 0.5: 4 weights go. Column 1 is dead (2 weights, psi 0), so Thanos prunes
+    those and the 2 smallest live psi: with H = 2 I on the live columns psi = |W| sqrt(1), the
+    smallest live |W| are 1 (row 0, col 0) and 2 (row 1, col 3). No warning: 2 dead <= 4."""
+    W = np.array([[1.0, 9.0, 5.0, 6.0], [7.0, 9.0, 8.0, 2.0]])
+    H = np.diag([2.0, 0.0, 2.0, 2.0])
+    for method in ("thanos", "sparsegpt", "wanda"):
+        result = _prune(W, H, method=method, pattern="unstructured", sparsity=0.5, block_size=4)
+        # Wanda's per-row groups (2 each) happen to pick the same: the dead weight and the smallest
+        assert result.mask.tolist() == [[True, True, False, False], [False, True, False, True]], (method, result.mask)
+        assert result.sparsity == 0.5
+
+
 def test_dtypes_and_magnitude_without_h():
     rng = np.random.default_rng(3)
     W = rng.standard_normal((3, 8))
     H = S.spd_with_condition(8, 4.0, rng)
     r32 = reference.prune(W.astype(np.float32), H, method="thanos", pattern="2:4")
     assert r32.weight.dtype == np.float32 and r32.mask.sum() == 12
-    rint = reference.prune(np.arange(1, 25).reshape(3, 8), np.eye(8, dtype=int), method="wanda", pattern="unstructured", sparsity=0.5)
-    assert rint.weight.dtype == np.float64
+    r16 = reference.prune(np.arange(1, 25, dtype=np.float16).reshape(3, 8), np.eye(8), method="wanda", pattern="unstructured", sparsity=0.5)
+    assert r16.weight.dtype == np.float16
     # W = 1..24 and H = I: psi = |W|, so each row loses its four smallest (the first four) entries
-    assert rint.mask.tolist() == [[True] * 4 + [False] * 4] * 3
+    assert r16.mask.tolist() == [[True] * 4 + [False] * 4] * 3
     rmag = reference.prune(W, None, method="magnitude", pattern="unstructured", sparsity=0.25)
     assert rmag.loss is None and rmag.damping is None and rmag.mask.sum() == 6
     assert np.abs(W[rmag.mask]).max() <= np.abs(W[~rmag.mask]).min()
@@ -423,6 +514,13 @@ def test_dtypes_and_magnitude_without_h():
 _W = np.random.default_rng(11).standard_normal((4, 8))
 _H = S.spd_with_condition(8, 10.0, np.random.default_rng(12))
 _GOOD = dict(method="thanos", pattern="unstructured", sparsity=0.5, block_size=4, alpha=0.0, percdamp=0.01)
+
+
+def _indefinite_part(H):
+    """A symmetric perturbation that moves H's smallest eigenvalue to -1e-3 lambda_max (far beyond
+    the PSD tolerance 30 b eps of a float64 H) while its diagonal stays positive."""
+    lam, Q = np.linalg.eigh(H)
+    return (-1e-3 * lam[-1] - lam[0]) * np.outer(Q[:, 0], Q[:, 0])
 
 
 def _nan_at(A, i, value=np.nan):
@@ -459,7 +557,22 @@ _BAD = [
     (dict(H=_H[:7, :7]), "H must be square"),
     (dict(H=np.ones((8, 7))), "H must be square"),
     (dict(H=_H + np.triu(np.ones((8, 8)), 1)), "H is not symmetric"),
-    (dict(H=_H - 2 * np.eye(8) * np.max(np.diag(_H))), "H is not positive semidefinite"),
+    (dict(H=_H - 2 * np.eye(8) * np.max(np.diag(_H))), "H is not positive semi-definite: its diagonal"),
+    # a positive diagonal, an eigenvalue of -1e12: refused before any damping (it once came back
+    # damped to 100 with a negative loss)
+    (dict(H=np.array([[1.0, 1e12], [1e12, 1.0]]), W=np.ones((1, 2)), pattern="unstructured"), "H is not positive semi-definite: its smallest eigenvalue"),
+    (dict(H=_H + _indefinite_part(_H)), "H is not positive semi-definite: its smallest eigenvalue"),
+    (dict(W=np.arange(32).reshape(4, 8)), "W must be a floating-point array or tensor, got dtype int64"),
+    (dict(H=np.eye(8, dtype=np.int64)), "H must be a floating-point array or tensor, got dtype int64"),
+    (dict(W=np.ones((4, 8), dtype=bool)), "W must be a floating-point"),
+    (dict(pattern="\uff11:\uff14", sparsity=None), "pattern must be"),  # full-width digits
+    (dict(pattern="\u0662:\u0664", sparsity=None), "pattern must be"),  # Arabic-Indic digits
+    (dict(sparsity=True), "sparsity must be a number"),
+    (dict(sparsity=np.bool_(False)), "sparsity must be a number"),
+    (dict(sparsity=np.array([0.5])), "sparsity must be a number"),
+    (dict(block_size=np.float64(4.0)), "block_size must be a positive integer"),
+    (dict(block_size=True), "block_size must be a positive integer"),
+    (dict(percdamp=np.array(-0.5)), "percdamp"),
     (dict(H=None), "H is required"),
     (dict(W=np.ones(8)), "W must be"),
 ]
@@ -486,7 +599,7 @@ def test_inputs_are_never_modified(data):
     W_copy, H_copy = W.copy(), H.copy()
     W.setflags(write=False)
     H.setflags(write=False)
-    reference.prune(W, H, **kwargs)
+    _prune(W, H, **kwargs)
     assert np.array_equal(W, W_copy) and np.array_equal(H, H_copy)
 
 
@@ -515,12 +628,16 @@ def test_golden_singular_h_warns_and_records_damping():
 
 
 def test_hopeless_h_raises_after_the_damping_schedule():
-    """H = [[1, 1e12], [1e12, 1]] is symmetric with a positive diagonal but has an eigenvalue -1e12:
-    no load in the schedule (up to percdamp * mean * 10^8 = 1e6) makes it SPD."""
-    H = np.array([[1.0, 1e12], [1e12, 1.0]])
+    """An H that is PSD within its dtype's tolerance but that no load of the schedule makes
+    positive definite: float16 H of size 64 with a block [[1, 50], [50, 1]] (eigenvalues 51 and
+    -49; the tolerance 30 * 64 * 2^-10 = 1.9 x lambda_max makes -49 rounding as far as float16 can
+    tell), percdamp 1e-12: the loads step from 1e-8 to 1 x mean(diag H) = 1. Every load warns,
+    then LinAlgError."""
+    H = np.eye(64)
+    H[0, 1] = H[1, 0] = 50.0
     with pytest.warns(RuntimeWarning, match="Cholesky"):
         with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
-            reference.prune(np.ones((1, 2)), H, method="thanos", pattern="unstructured", sparsity=0.5)
+            reference.prune(np.ones((1, 64)), H.astype(np.float16), method="thanos", pattern="unstructured", sparsity=0.5, percdamp=1e-12)
 
 
 SINGULAR_LAYERS = st.one_of(

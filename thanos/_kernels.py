@@ -101,55 +101,97 @@ def largest_rows(row_scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ factorisation
-def damped_factor(H: torch.Tensor, mean_diagonal: float, percdamp: float, H64: torch.Tensor | None = None):
+def psd_lower_bound(H64: torch.Tensor, shift: float, eps: float) -> float:
+    """A certified lower bound on lambda_min(H64), and the refusal of an H that is not positive
+    semi-definite up to rounding (``spec.check_psd``: lambda_min < -C b eps lambda_max, eps that of
+    H's dtype), at the cost of one float64 Cholesky in the common case.
+
+    A float64 Cholesky of H64 + shift I that succeeds proves lambda_min(H64) > -shift (to its own
+    backward error, ~ b eps64 ||H||_F, subtracted); shift <= ``spec.psd_tolerance(b, eps) x
+    max(diag H)`` <= tolerance x lambda_max, so H passes the check. Only when it breaks down are
+    the float64 eigenvalues computed: ``spec.check_psd`` decides, exactly as the reference does,
+    and lambda_min itself is returned. H64: (b, b) float64, the input H."""
+    b = H64.shape[0]
+    eye = torch.eye(b, dtype=torch.float64, device=H64.device)
+    if int(torch.linalg.cholesky_ex(H64 + shift * eye)[1]) == 0:
+        return -shift - b * 2.0**-52 * _frobenius(H64)
+    lam = torch.linalg.eigvalsh(H64)
+    spec.check_psd(float(lam[0]), float(lam[-1]), b, eps)
+    return float(lam[0])
+
+
+def damped_factor(H: torch.Tensor, H64: torch.Tensor, mean_diagonal: float, percdamp: float, lambda_min_lower: float):
     """Factor the damped H as H + lambda I = V V^T with V *upper* triangular, and U = V^-1, the upper
     Cholesky factor of the damped H^-1 (H^-1 = V^-T V^-1 = U^T U; U is upper with a positive
     diagonal, so by uniqueness it is that factor). H^-1 itself is never formed.
 
     V comes from the lower Cholesky factor of the reversed matrix: P H P = L L^T gives
-    H = (P L P)(P L P)^T with P L P upper. The loads of ``spec.damping_schedule`` are tried in turn;
-    a load fails, as in ``reference.prepare_hessian``, when Cholesky breaks down, U is not finite,
-    or the damped matrix A is numerically singular: lambda_min(A) <= 10 b eps64 lambda_max(A).
-    That last test is certified cheaply -- lambda_min(A) = 1/||U||_2^2 >= 1/||U||_F^2 and
-    lambda_max(A) <= ||A||_F -- and only when the certificate fails (a load near the scale of
-    rounding, e.g. percdamp = 0 on a singular H) decided exactly like the reference, by float64
-    eigenvalues of ``H64 + lambda I`` (H64: the prepared H in float64). Each failure warns
-    (RuntimeWarning) and raises the load; after the last a ``torch.linalg.LinAlgError`` with
-    ``spec.damping_error``. Returns (V, U, damping)."""
+    H = (P L P)(P L P)^T with P L P upper. The loads of ``spec.damping_schedule`` are tried in turn
+    and each is accepted or rejected by the reference's float64 test, in every compute dtype: A =
+    H64 + lambda I must not be numerically singular, lambda_min(A) > ``spec.singular_ratio(b)``
+    lambda_max(A) (and its Cholesky must succeed). The test is decided without eigenvalues when
+    ``lambda_min_lower`` (a certified lower bound on lambda_min(H64), from ``psd_lower_bound``)
+    plus lambda clears it against lambda_max(A) <= ||H64||_F + lambda; otherwise by the float64
+    eigenvalues of H64, computed once (a load near the scale of rounding: percdamp = 0 or tiny).
+
+    At an accepted load the factor is computed in H's dtype (the compute dtype). When a float32
+    factorisation breaks down there, or comes out non-finite or beyond float32's reach (a lower
+    bound on kappa(A) above 0.01 / eps32: every later float32 solve would be noise, see
+    ``_factor``), the layer is factored -- and then computed -- in float64 at the same load
+    instead of stepping the damping up: the factor comes back in float64 and the caller switches
+    dtype. (Casting the float64 factor to float32, as first proposed, leaves the float32 trailing
+    solves to break down later on the same ill-conditioning.)
+    Each rejected load warns (RuntimeWarning) and raises the load; after the last a
+    ``torch.linalg.LinAlgError`` with ``spec.damping_error``. H64: the prepared H in float64.
+    Returns (V, U, damping), V and U in H's dtype or in float64."""
     b = H.shape[0]
-    eye = torch.eye(b, dtype=H.dtype, device=H.device)
-    flipped = H.flip(0, 1)
     schedule = spec.damping_schedule(percdamp, mean_diagonal)
     damping = next(schedule)
-    singular_ratio = 10.0 * b * 2.0**-52
-    h_norm = _frobenius(H)
+    ratio = spec.singular_ratio(b)
+    lambda_max_upper = _frobenius(H64)
+    eigenvalues = None
     while True:
-        L, info = torch.linalg.cholesky_ex(flipped + damping * eye)
-        if int(info) == 0:
-            V = L.flip(0, 1)
-            U = upper_triangular_inverse(V)
-            u_norm2 = _frobenius(U) ** 2
-            if math.isfinite(u_norm2):
-                a_norm = h_norm + damping * math.sqrt(b)  # >= ||H + lambda I||_F >= lambda_max
-                if u_norm2 * singular_ratio * a_norm < 1.0 or not _numerically_singular(H64, damping, singular_ratio):
-                    return V, U, damping
+        accepted = lambda_min_lower + damping > ratio * (lambda_max_upper + damping)
+        if not accepted:
+            if eigenvalues is None:
+                eigenvalues = torch.linalg.eigvalsh(H64)
+            accepted = float(eigenvalues[0]) + damping > ratio * (float(eigenvalues[-1]) + damping)
+        if accepted:
+            factors = _factor(H, damping)
+            if factors is None and H.dtype != torch.float64:
+                factors = _factor(H64, damping)
+            if factors is not None:
+                return (*factors, damping)
         nxt = next(schedule, None)
         if nxt is None:
             raise torch.linalg.LinAlgError(spec.damping_error(damping))
-        warnings.warn(spec.damping_warning(damping, nxt), RuntimeWarning, stacklevel=4)
+        warnings.warn(spec.damping_warning(damping, nxt), RuntimeWarning, stacklevel=6)  # the caller of thanos.prune
         damping = nxt
+
+
+def _factor(H: torch.Tensor, damping: float):
+    """(V, U) of H + damping I in H's dtype, or None when the factorisation breaks down, is not
+    finite, or (below float64) is too ill-conditioned for the dtype: lambda_max max_i U_ii^2, a
+    lower bound on kappa (U_ii^2 <= ||A^-1||_2, A_jj <= lambda_max), above 0.01 / eps."""
+    b = H.shape[0]
+    L, info = torch.linalg.cholesky_ex((H + damping * torch.eye(b, dtype=H.dtype, device=H.device)).flip(0, 1))
+    if int(info) != 0:
+        return None
+    V = L.flip(0, 1)
+    U = upper_triangular_inverse(V)
+    if not bool(torch.isfinite(U).all()):
+        return None
+    if H.dtype != torch.float64:
+        kappa_lower = (float(H.diagonal().max()) + damping) * float(U.diagonal().abs().max()) ** 2
+        if kappa_lower * torch.finfo(H.dtype).eps > 0.01:
+            return None
+    return V, U
 
 
 def _frobenius(A: torch.Tensor) -> float:
     """||A||_F as a Python float, in float64 only if the compute dtype overflows."""
     norm = float(torch.linalg.matrix_norm(A))
     return norm if math.isfinite(norm) else float(torch.linalg.matrix_norm(A.double()))
-
-
-def _numerically_singular(H64: torch.Tensor, damping: float, ratio: float) -> bool:
-    """The reference's test, in float64: lambda_min <= ratio * lambda_max of H64 + damping I."""
-    lam = torch.linalg.eigvalsh(H64 + damping * torch.eye(H64.shape[0], dtype=torch.float64, device=H64.device))
-    return not float(lam[0]) > ratio * float(lam[-1])
 
 
 def upper_triangular_inverse(V: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ solved in batched Cholesky calls (rows sorted by their count, padded with identi
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -38,7 +39,7 @@ def prune(
     block_size: int = 128,
     alpha: float = 0.0,
     percdamp: float = 0.01,
-    compute_dtype: torch.dtype = torch.float32,
+    compute_dtype: Optional[torch.dtype] = None,
     allow_tf32: bool = False,
     max_extra_memory: Optional[int] = None,
 ) -> PruneResult:
@@ -47,10 +48,14 @@ def prune(
     ``weight`` of W's dtype and device, a bool ``mask`` (True = pruned) and the layer ``loss`` with
     the undamped H.
 
-    compute_dtype: torch.float32 (default) or torch.float64, whatever W's dtype. allow_tf32: let
+    compute_dtype: None (default: torch.float64 for float64 weights, torch.float32 for fp16, bf16
+    and fp32 weights), or torch.float32 / torch.float64 explicitly, whatever W's dtype. allow_tf32: let
     CUDA matmuls use TF32 (off by default; the global flags are restored afterwards).
     max_extra_memory: bytes of temporaries one batched solve may use (rows are chunked to fit).
-    The inputs are never modified."""
+    Numbers may be Python, NumPy or 0-d array/tensor scalars (not bool). Dead columns (H_jj = 0)
+    are pruned first and counted (a RuntimeWarning when they exceed a group's count); an H with an
+    eigenvalue clearly below 0 raises ValueError (``spec.check_psd``); damping follows the
+    reference's float64 rule in every compute dtype. The inputs are never modified."""
     return _prune(
         W, H, method=method, pattern=pattern, sparsity=sparsity, block_size=block_size, alpha=alpha,
         percdamp=percdamp, compute_dtype=compute_dtype, allow_tf32=allow_tf32,
@@ -69,24 +74,29 @@ def _prune(
         raise ValueError(f"W must be a torch.Tensor, got {type(W).__name__}")
     if H is not None and not isinstance(H, torch.Tensor):
         raise ValueError(f"H must be a torch.Tensor or None, got {type(H).__name__}")
+    spec.check_device("W", W.device.type)
+    if H is not None:
+        spec.check_device("H", H.device.type)
     opts = spec.check_arguments(
         tuple(W.shape), None if H is None else tuple(H.shape), method=method, pattern=pattern,
         sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp,
     )
-    if not W.is_floating_point():
-        raise ValueError(f"W must be a floating-point tensor, got dtype {W.dtype}")
-    if compute_dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype!r}")
+    spec.check_floating("W", W.is_floating_point(), W.dtype)
+    if compute_dtype is None:
+        compute_dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
+    elif compute_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"compute_dtype must be None, torch.float32 or torch.float64, got {compute_dtype!r}")
     if max_extra_memory is None:
         max_extra_memory = DEFAULT_MAX_EXTRA_MEMORY
-    elif not isinstance(max_extra_memory, int) or isinstance(max_extra_memory, bool) or max_extra_memory < 1:
+    elif spec.as_integer(max_extra_memory) is None or spec.as_integer(max_extra_memory) < 1:
         raise ValueError(f"max_extra_memory must be a positive number of bytes, got {max_extra_memory!r}")
+    else:
+        max_extra_memory = spec.as_integer(max_extra_memory)
     if not isinstance(allow_tf32, bool):
         raise ValueError(f"allow_tf32 must be a bool, got {allow_tf32!r}")
     spec.check_values("W", bool(torch.isfinite(W).all()))
     if H is not None:
-        if not H.is_floating_point():
-            raise ValueError(f"H must be a floating-point tensor, got dtype {H.dtype}")
+        spec.check_floating("H", H.is_floating_point(), H.dtype)
         spec.check_values("H", bool(torch.isfinite(H).all()))
         Hd = H.detach()
         spec.check_hessian(
@@ -119,73 +129,100 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
     mask = torch.zeros((c, b), dtype=torch.bool, device=device)
     damping, outliers = None, torch.zeros(0, dtype=torch.long, device=device)
     Hc = norms = None
+    dead = torch.zeros(b, dtype=torch.bool, device=device)
     if H is not None:
         Hc = H.detach().to(device=device, dtype=dtype, copy=True)
         norms = torch.sqrt(Hc.diagonal().clamp(min=0) / 2)  # ||X_j||, from the undamped H
+        if opts.method != "magnitude":  # dead columns (H_jj = 0) are pruned first
+            dead = H.detach().diagonal().to(device) == 0
 
     loss = None
     if opts.method in ("thanos", "sparsegpt"):
         structured = opts.method == "thanos" and opts.kind == "structured"
-        V, U, Hdamped, damping, any_dead = _prepare_hessian(Wk, H, Hc, opts.percdamp, explicit)
+        V, U, Hdamped, damping = _prepare_hessian(Wk, H, Hc, dead, opts.percdamp, explicit)
+        if U.dtype != dtype:  # float32 cannot factor the load float64 accepts: compute in float64
+            dtype = U.dtype
+            Wk = W.detach().to(device=device, dtype=dtype, copy=True)
+            Wk[:, dead] = 0.0
+            W0 = W.detach().to(device=device, dtype=dtype, copy=True)
+            Hc = H.detach().to(device=device, dtype=dtype, copy=True)
+            norms = torch.sqrt(Hc.diagonal().clamp(min=0) / 2)
         if opts.method == "sparsegpt":
-            _sparsegpt(Wk, U, opts, mask)
+            _sparsegpt(Wk, U, opts, mask, dead)
         else:
             if opts.alpha > 0:
                 row_loss = ((Wk * norms) ** 2).sum(1)  # Eq. (14)
                 outliers = K.largest_rows(row_loss, spec.outlier_row_count(opts.alpha, c))
+                Wk[outliers] = W0[outliers]  # left untouched, dead columns included (exactly: below)
             keep = torch.ones(c, dtype=torch.bool, device=device)
             keep[outliers] = False
             rows = keep.nonzero().squeeze(1)
             if structured:
-                loss = _thanos_structured(Wk, U, Hc, norms, rows, opts, mask)
-                if any_dead:  # the low-rank loss formula covers the update only
+                loss = _thanos_structured(Wk, U, Hc, norms, rows, opts, mask, dead)
+                if bool(dead.any()):  # the low-rank loss formula covers the update only
                     loss = None
             else:
-                _thanos_blocks(Wk, U, Hdamped, norms, rows, opts, mask, budget)
+                _thanos_blocks(Wk, U, Hdamped, norms, rows, opts, mask, budget, dead)
     else:
-        mask = _no_update_mask(Wk, norms, opts)
+        mask = _no_update_mask(Wk, norms, opts, dead)
     Wk.masked_fill_(mask, 0.0)
 
     if Hc is not None and loss is None:
         D = Wk - W0
         loss = 0.5 * float(((D @ Hc) * D).sum(dtype=torch.float64))
     count = int(mask.sum())
-    return PruneResult(
-        Wk.to(W.dtype), mask, loss, count / mask.numel(), damping, [int(i) for i in outliers.tolist()]
-    )
+    requested = spec.requested_count(opts, outliers.numel())
+    if count > requested:
+        warnings.warn(spec.dead_columns_warning(int(dead.sum()), requested, count, mask.numel()), RuntimeWarning, stacklevel=4)
+    if opts.method == "thanos" and opts.kind == "structured":
+        message = spec.structured_sparsity_warning(opts.sparsity, opts.alpha, c, b)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+    weight = Wk.to(W.dtype)
+    if outliers.numel():  # the input's own values, whatever the compute dtype rounded
+        weight[outliers] = W.detach()[outliers]
+    return PruneResult(weight, mask, loss, count / mask.numel(), damping, [int(i) for i in outliers.tolist()])
 
 
-def _prepare_hessian(Wk, H, Hc, percdamp, explicit):
+def _prepare_hessian(Wk, H, Hc, dead, percdamp, explicit):
     """Dead columns and damping, as ``reference.prepare_hessian``: H_jj = 0 -> H_jj = mean(diag H)
     (of the input H; 1 if every column is dead) and W[:, j] = 0; damping percdamp * mean(diag H).
+    First H must be positive semi-definite up to rounding (``spec.check_psd``), certified by one
+    float64 Cholesky of H + s I, s = min(PSD tolerance x max(diag H), first load / 2), which also
+    lets ``damped_factor`` accept the first load without eigenvalues (``psd_lower_bound``).
 
-    Returns (V, U, damped H or None, damping, any dead column) in the compute dtype, with
-    H + lambda I = V V^T (V upper) and U = V^-1 the upper Cholesky factor of the damped H^-1."""
+    Returns (V, U, damped H or None, damping) with H + lambda I = V V^T (V upper) and U = V^-1 the
+    upper Cholesky factor of the damped H^-1, in the compute dtype -- or in float64 when the
+    compute dtype cannot factor the load the float64 test accepts (the caller then switches)."""
     diag64 = H.detach().diagonal().to(torch.float64)
-    dead = (diag64 == 0).to(Wk.device)
     # mean(diag) exactly as the reference computes it (NumPy's pairwise float64 sum), so that the
     # damping recorded in the result is the same number
     mean_diagonal = float(np.mean(diag64.cpu().numpy())) or 1.0
+    H64 = H.detach().to(device=Wk.device, dtype=torch.float64, copy=True)  # the input H, for now
+    b = H64.shape[0]
+    tolerance_shift = spec.psd_tolerance(b, torch.finfo(H.dtype).eps) * float(diag64.max())
+    first_load = percdamp * mean_diagonal
+    shift = min(tolerance_shift, first_load / 2) if first_load > 0 else tolerance_shift
+    lambda_min_lower = K.psd_lower_bound(H64, shift, torch.finfo(H.dtype).eps)
     Hd = Hc.clone()
-    H64 = H.detach().to(device=Wk.device, dtype=torch.float64, copy=True)
-    any_dead = bool(dead.any())
-    if any_dead:
+    if bool(dead.any()):  # a PSD change (a larger diagonal): the lower bound still holds
         Hd.diagonal()[dead] = mean_diagonal
         H64.diagonal()[dead] = mean_diagonal
         Wk[:, dead] = 0.0
-    V, U, damping = K.damped_factor(Hd, mean_diagonal, percdamp, H64)
+    V, U, damping = K.damped_factor(Hd, H64, mean_diagonal, percdamp, lambda_min_lower)
     del H64
     Hdamped = None
     if explicit:
-        Hdamped = Hd
+        Hdamped = Hd.to(U.dtype)
         Hdamped.diagonal().add_(damping)
-    return V, U, Hdamped, damping, any_dead
+    return V, U, Hdamped, damping
 
 
 # ------------------------------------------------------------------------------------ Thanos
-def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget):
+def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget, dead):
     """Alg. 1 (unstructured, global residual mask over the current weights) and Alg. 8 (N:M),
-    on the given rows of Wk, in place."""
+    on the given rows of Wk, in place. Dead columns (already zero) are pruned first: their scores
+    sit below every psi (>= 0), and their weights count toward the layer total / N:M group."""
     all_rows = rows.numel() == Wk.shape[0]
     Wr = Wk if all_rows else Wk[rows]
     c_active, b = Wr.shape
@@ -195,12 +232,15 @@ def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget
         j2 = min(j1 + opts.block_size, b)
         width = j2 - j1
         if opts.kind == "N:M":
-            block_mask = K.n_m_mask(Wr[:, j1:j2].abs() * norms[j1:j2], opts.n, opts.m)
+            block_mask = K.n_m_mask((Wr[:, j1:j2].abs() * norms[j1:j2]).masked_fill_(dead[j1:j2], -1.0), opts.n, opts.m)
+            block_mask |= dead[j1:j2]
         else:
-            if remaining == 0:
+            if remaining <= 0:  # only dead weights are left to prune; they are 0 already
+                Mr[:, j1:] |= dead[j1:]
                 break
-            scores = Wr[:, j1:].abs() * norms[j1:]  # psi of the *current* weights, Eq. (11)
+            scores = (Wr[:, j1:].abs() * norms[j1:]).masked_fill_(dead[j1:], -1.0)  # psi of the *current* weights, Eq. (11)
             block_mask = K.global_residual_mask(scores, remaining, width)
+            block_mask |= dead[j1:j2]
             del scores
             remaining -= int(block_mask.sum())
         if Hdamped is not None:
@@ -283,7 +323,7 @@ def _chunk_plan(groups, row_bytes, budget):
     return chunks
 
 
-def _thanos_structured(Wk, U, Hc, norms, rows, opts: spec.Options, mask):
+def _thanos_structured(Wk, U, Hc, norms, rows, opts: spec.Options, mask, dead):
     """Alg. 2: the s columns q of lowest column loss (Eq. 15, over the non-outlier rows) are removed
     from those rows with W <- W - W[:, q] ((H^-1)_qq)^-1 (H^-1)_{q,:} (sub-blocks of the inverse).
 
@@ -294,8 +334,9 @@ def _thanos_structured(Wk, U, Hc, norms, rows, opts: spec.Options, mask):
     b = Wk.shape[1]
     s = spec.structured_column_count(opts.sparsity, opts.alpha, b)
     Wr = Wk[rows]
-    q = K.smallest_columns(((Wr * norms) ** 2).sum(0), s)
-    if s == 0:
+    q = K.smallest_columns(((Wr * norms) ** 2).sum(0).masked_fill_(dead, -1.0), s)
+    q = torch.unique(torch.cat([q, dead.nonzero().squeeze(1)]))  # sorted; dead columns all go
+    if q.numel() == 0:
         return 0.0
     R = U[:, q].mT @ U  # (s, b)
     R_hat = R[:, q]
@@ -319,29 +360,35 @@ def _thanos_structured(Wk, U, Hc, norms, rows, opts: spec.Options, mask):
 
 
 # --------------------------------------------------------------------------------- SparseGPT
-def _sparsegpt(Wk, U, opts: spec.Options, mask):
+def _sparsegpt(Wk, U, opts: spec.Options, mask, dead):
     """SparseGPT with lazy block updates: inside a block, column-by-column OBS with rank-1 updates
     of the (c, B) block; the rest of the layer receives one GEMM ``Err U[block, j2:]`` per block.
-    Mask per block by w^2 / U_jj^2 (the count ``cumulative(j2) - cumulative(j1)``); N:M chosen at
-    every i % m == 0; structured columns chosen once up front."""
+    Mask per block by w^2 / U_jj^2 (the count ``cumulative(j2)`` minus the weights pruned so far);
+    N:M chosen at every i % m == 0; structured columns chosen once up front. Dead columns (zero
+    already) are pruned first, in full, and count in their block or group."""
     c, b = Wk.shape
     d = U.diagonal()
     if opts.kind == "structured":
         s = spec.structured_column_count(opts.sparsity, 0.0, b)
-        mask[:, K.smallest_columns((Wk**2).sum(0) / d**2, s)] = True
+        mask[:, K.smallest_columns(((Wk**2).sum(0) / d**2).masked_fill_(dead, -1.0), s)] = True
+        mask[:, dead] = True
+    pruned_so_far = 0
     for j1 in range(0, b, opts.block_size):
         j2 = min(j1 + opts.block_size, b)
         W1 = Wk[:, j1:j2].clone()
         M1 = mask[:, j1:j2]
         U1 = U[j1:j2, j1:j2]
+        dead1 = dead[j1:j2]
         Err1 = torch.zeros_like(W1)
         if opts.kind == "unstructured":
-            count = spec.cumulative_count(opts.sparsity, c, j2) - spec.cumulative_count(opts.sparsity, c, j1)
-            M1.copy_(K.global_residual_mask(W1**2 / d[j1:j2] ** 2, count))
+            count = max(spec.cumulative_count(opts.sparsity, c, j2) - pruned_so_far, 0)
+            M1.copy_(K.global_residual_mask((W1**2 / d[j1:j2] ** 2).masked_fill_(dead1, -1.0), count) | dead1)
+            pruned_so_far += int(M1.sum())
         for i in range(j2 - j1):
             if opts.kind == "N:M" and i % opts.m == 0:
                 group = slice(i, i + opts.m)
-                M1[:, group] = K.smallest_per_row(W1[:, group] ** 2 / d[j1:j2][group] ** 2, opts.n)
+                scores = (W1[:, group] ** 2 / d[j1:j2][group] ** 2).masked_fill_(dead1[group], -1.0)
+                M1[:, group] = K.smallest_per_row(scores, opts.n) | dead1[group]
             pruned = M1[:, i]
             err = torch.where(pruned, W1[:, i], 0.0) / U1[i, i]
             W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)
@@ -353,21 +400,25 @@ def _sparsegpt(Wk, U, opts: spec.Options, mask):
 
 
 # ------------------------------------------------------------------------------ Wanda, magnitude
-def _no_update_mask(Wk, norms, opts: spec.Options):
-    """Wanda (psi, per-row groups) and magnitude (|W|, per-layer): the mask only."""
+def _no_update_mask(Wk, norms, opts: spec.Options, dead):
+    """Wanda (psi, per-row groups) and magnitude (|W|, per-layer): the mask only. Wanda's dead
+    columns (``dead``; none for magnitude, which ignores H) are pruned first and in full."""
     c, b = Wk.shape
     if opts.method == "wanda":
         scores = Wk.abs() * norms
-        column_scores = (scores**2).sum(0)
+        column_scores = (scores**2).sum(0).masked_fill_(dead, -1.0)
+        scores.masked_fill_(dead, -1.0)
     else:
         scores = Wk.abs()
         column_scores = (Wk**2).sum(0)
     if opts.kind == "N:M":
-        return K.n_m_mask(scores, opts.n, opts.m)
-    if opts.kind == "structured":
+        mask = K.n_m_mask(scores, opts.n, opts.m)
+    elif opts.kind == "structured":
         mask = torch.zeros((c, b), dtype=torch.bool, device=Wk.device)
         mask[:, K.smallest_columns(column_scores, spec.structured_column_count(opts.sparsity, 0.0, b))] = True
-        return mask
-    if opts.method == "wanda":
-        return K.smallest_per_row(scores, spec.per_row_count(opts.sparsity, b))
-    return K.global_residual_mask(scores, spec.unstructured_count(opts.sparsity, c * b))
+    elif opts.method == "wanda":
+        mask = K.smallest_per_row(scores, spec.per_row_count(opts.sparsity, b))
+    else:
+        mask = K.global_residual_mask(scores, spec.unstructured_count(opts.sparsity, c * b))
+    mask |= dead
+    return mask
