@@ -165,6 +165,7 @@ class ResearchThanos:
         else:
             Wa, Ma = self._blocks(W[rows], U, norms, opts)
             W[rows], mask[rows] = Wa, Ma
+        mask[rows.unsqueeze(1), dead.nonzero().squeeze(1)] = True  # dead weights are pruned (zeroed above): say so
         self.zero_pruned(W, mask)
         return ResearchResult(self.cast_back(W), mask, damping, outliers)
 

@@ -3,9 +3,7 @@ the kit proves it can fail: a gallery of broken implementations (``conform_galle
 bug class of the field each, is flagged by the property named for its bug, while production, the
 reference and a correct research-style implementation raise no alarm.
 
-Case counts follow the Hypothesis profile (``ci``: 20 per method, pattern and family). The
-dead-column family checks the dead-weight semantics of issue 7 (dead weights pruned *and* counted
-in the mask); until that lands here it runs as a strict xfail (``test_dead_column_semantics``).
+Case counts follow the Hypothesis profile (``ci``: 20 per method, pattern and family).
 """
 
 from __future__ import annotations
@@ -29,9 +27,7 @@ from thanos.testing import FunctionAdapter, run_catalogue
 from thanos.testing.cases import FAMILIES
 
 PATTERNS = ("unstructured", "structured", "N:M")
-#: families checking semantics not yet in this code base (see the module docstring)
-PENDING = tuple(name for name, family in FAMILIES.items() if family.pending)
-CURRENT = [name for name in FAMILIES if name not in PENDING]
+ALL_FAMILIES = list(FAMILIES)
 EXAMPLES = max(10, settings.default.max_examples // 2)
 #: cases per gallery bug, whatever the profile (the draws are derandomized, so each bug is found at
 #: the same case every run; measured: every bug is flagged within 10 cases)
@@ -61,7 +57,7 @@ def _assert_conforms(report) -> None:
 def test_production_conforms(device, method):
     """``thanos conform thanos:prune`` (float32 weights, the default), per method."""
     report = run_catalogue(_production(), methods=[method], patterns=PATTERNS, dtype="float32", device=device,
-                           examples=EXAMPLES, families=CURRENT)
+                           examples=EXAMPLES, families=ALL_FAMILIES)
     _assert_conforms(report)
 
 
@@ -69,7 +65,7 @@ def test_production_conforms(device, method):
 def test_production_in_float64_conforms(device, method):
     """float64 weights solved in float64 are held to float64 tolerances."""
     report = run_catalogue(_production(torch.float64), methods=[method], patterns=PATTERNS, dtype="float64",
-                           device=device, examples=EXAMPLES, families=CURRENT)
+                           device=device, examples=EXAMPLES, families=ALL_FAMILIES)
     _assert_conforms(report)
 
 
@@ -77,7 +73,7 @@ def test_production_in_float64_conforms(device, method):
 def test_production_in_low_precision_conforms(device, dtype):
     """``thanos conform thanos:prune --dtype bf16`` (on CUDA: the GPU regression check)."""
     report = run_catalogue(_production(), methods=["thanos"], patterns=PATTERNS, dtype=dtype, device=device,
-                           examples=EXAMPLES, families=CURRENT)
+                           examples=EXAMPLES, families=ALL_FAMILIES)
     _assert_conforms(report)
 
 
@@ -85,18 +81,8 @@ def test_production_in_low_precision_conforms(device, dtype):
 def test_reference_conforms(method):
     """``thanos conform reference:prune --dtype float64``."""
     adapter = FunctionAdapter(reference.prune, name="reference:prune", array="numpy")
-    report = run_catalogue(adapter, methods=[method], patterns=PATTERNS, dtype="float64", examples=EXAMPLES, families=CURRENT)
+    report = run_catalogue(adapter, methods=[method], patterns=PATTERNS, dtype="float64", examples=EXAMPLES, families=ALL_FAMILIES)
     _assert_conforms(report)
-
-
-@pytest.mark.xfail(strict=True, reason="issue 7: dead weights are zeroed but not yet counted in the mask; "
-                                       "remove this mark when that lands (this test then passes)")
-def test_dead_column_semantics():
-    adapters = [(_production(), "float32"), (FunctionAdapter(reference.prune, name="reference:prune", array="numpy"), "float64")]
-    for adapter, dtype in adapters:
-        report = run_catalogue(adapter, methods=list(spec.METHODS), patterns=PATTERNS, dtype=dtype, examples=10,
-                               families=list(PENDING))
-        _assert_conforms(report)
 
 
 def test_research_thanos_without_a_bug_conforms():
@@ -104,7 +90,7 @@ def test_research_thanos_without_a_bug_conforms():
     whole catalogue, so every flag below is the bug's doing."""
     for dtype in ("float64", "float32"):
         report = run_catalogue(G.research_thanos, methods=["thanos"], patterns=PATTERNS, dtype=dtype, examples=EXAMPLES,
-                               families=CURRENT)
+                               families=ALL_FAMILIES)
         _assert_conforms(report)
 
 
@@ -135,7 +121,7 @@ def test_failure_reports_the_smallest_case():
 def test_cli_passes_and_writes_a_json_report(tmp_path, capsys):
     out = tmp_path / "report.json"
     code = cli.main(["conform", "reference:prune", "--methods", "magnitude,wanda", "--patterns", "2:4,unstructured",
-                     "--examples", "4", "--families", ",".join(CURRENT), "--report", str(out)])
+                     "--examples", "4", "--families", ",".join(ALL_FAMILIES), "--report", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "PASS  exact_counts" in text and "FAIL" not in text

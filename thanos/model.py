@@ -377,16 +377,10 @@ class _SharedInputs:
 
 
 def new_accumulator(columns: int, *, device, dtype: torch.dtype, name: str):
-    """``thanos.HessianAccumulator(columns, device, dtype, name=name)``; an accumulator that takes no
-    ``name`` (an older ``thanos.hessian``) is built without it."""
+    """``thanos.HessianAccumulator`` for the layer ``name`` (its full module name, in every error)."""
     import thanos
 
-    try:
-        return thanos.HessianAccumulator(columns, device=device, dtype=dtype, name=name)
-    except TypeError as err:
-        if "name" not in str(err):
-            raise
-        return thanos.HessianAccumulator(columns, device=device, dtype=dtype)
+    return thanos.HessianAccumulator(columns, device=device, dtype=dtype, name=name)
 
 
 @torch.no_grad()

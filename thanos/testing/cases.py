@@ -211,13 +211,11 @@ def golden_cases(method: str, pattern: str, dtype: str = "float64", device: str 
 
 @dataclass(frozen=True)
 class Family:
-    """A kind of layer. ``applies(method, kind) -> bool``; ``pending``: a note when the family
-    checks semantics that this code base is still moving to (a report marks its failures)."""
+    """A kind of layer. ``applies(method, kind) -> bool``."""
 
     name: str
     description: str
     applies: Callable
-    pending: Optional[str] = None
 
 
 def _always(method, kind):
@@ -237,8 +235,7 @@ FAMILIES = {
         Family("diagonal_hessian", "H exactly diagonal: the update is OBD (nothing else moves)",
                lambda method, kind: method in ("thanos", "sparsegpt", "wanda")),
         Family("dead_columns", "features that never fire (H_jj = 0): their weights are pruned and counted",
-               lambda method, kind: method in ("thanos", "sparsegpt", "wanda"),
-               pending="dead weights counted in the mask (issue 7)"),
+               lambda method, kind: method in ("thanos", "sparsegpt", "wanda")),
     )
 }
 

@@ -40,7 +40,6 @@ class Finding:
     reason: Optional[str] = None
     violation: Optional[dict] = None
     smallest_case: Optional[dict] = None
-    pending: Optional[str] = None
 
     @property
     def key(self) -> str:
@@ -58,8 +57,7 @@ class Finding:
         case = self.smallest_case or {}
         shown = " ".join(f"{k}={case[k]}" for k in ("shape", "seed", "pattern", "sparsity", "block_size", "alpha", "percdamp",
                                                      "kappa", "tokens", "batches", "dead", "duplicated", "golden") if case.get(k) not in (None, [], ()))
-        pend = f" (pending: {self.pending})" if self.pending else ""
-        return f"{head} {text}\n      smallest case: {shown}{pend}"
+        return f"{head} {text}\n      smallest case: {shown}"
 
 
 @dataclass
@@ -289,7 +287,7 @@ def run_catalogue(
                         emit(Finding(p.name, fam, status="SKIP", reason=skipped, **base))
                     elif v is not None:
                         emit(Finding(p.name, fam, status="FAIL", cases=n, violation=_violation_dict(v),
-                                     smallest_case=_jsonable(case.describe()), pending=family.pending, **base))
+                                     smallest_case=_jsonable(case.describe()), **base))
                     elif n:
                         emit(Finding(p.name, fam, status="PASS", cases=n, **base))
                     else:  # case holds the last reason the property gave for not applying
