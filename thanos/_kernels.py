@@ -14,6 +14,8 @@ import torch
 
 from reference import spec
 
+from . import _fused
+
 
 # --------------------------------------------------------------------------------------- masks
 def global_residual_mask(scores: torch.Tensor, r: int, columns: int | None = None) -> torch.Tensor:
@@ -39,6 +41,22 @@ def global_residual_mask(scores: torch.Tensor, r: int, columns: int | None = Non
     ties = ties[(ties % n) < columns]
     mask[ties // n, ties % n] = True
     return mask
+
+
+def trailing_residual_mask(W: torch.Tensor, norms: torch.Tensor, j1: int, r: int, columns: int) -> torch.Tensor:
+    """``global_residual_mask`` of the psi scores ``|W[:, j1:]| * norms[j1:]`` (Eq. 11) of the
+    current weights, restricted to the block's first ``columns`` columns (Alg. 1, App. G.4.1).
+
+    On the CPU with the fused kernels (``thanos._fused``) the r-th smallest score is found without
+    materialising the c x (b - j1) scores, and only the block's scores are formed; with surplus
+    ties at the threshold (where the row-major order over the whole trailing matrix decides) and
+    everywhere else, the scores are formed and ``global_residual_mask`` decides."""
+    c, b = W.shape
+    if W.device.type == "cpu" and _fused.available() and 0 < r < c * (b - j1) and W.is_contiguous():
+        threshold, _, n_at_most = _fused.residual_threshold(W.numpy(), norms.contiguous().numpy(), j1, r)
+        if n_at_most == r:  # no surplus ties at the threshold: the mask is scores <= t
+            return W[:, j1 : j1 + columns].abs() * norms[j1 : j1 + columns] <= threshold
+    return global_residual_mask(W[:, j1:].abs() * norms[j1:], r, columns)
 
 
 def _kth_smallest(flat: torch.Tensor, k: int):
