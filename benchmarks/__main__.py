@@ -3,7 +3,7 @@
 import sys
 from importlib import import_module
 
-_BENCHMARKS = {"speed": "benchmarks.speed", "quality": "benchmarks.quality"}
+_BENCHMARKS = {"speed": "benchmarks.speed", "quality": "benchmarks.quality", "breakdown": "benchmarks.breakdown"}
 
 
 def main(argv=None) -> int:

@@ -138,11 +138,11 @@ def _worker(job: dict) -> dict:
     return {"times": times}
 
 
-def _spawn(job: dict) -> dict:
+def _spawn(job: dict, module: str = "benchmarks.speed") -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.speed", "--worker", json.dumps(job)],
+        [sys.executable, "-m", module, "--worker", json.dumps(job)],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )
     if out.returncode:

@@ -232,18 +232,18 @@ if numba is not None:
                     Xs[r, cols[r, i]] = y[i * LANES + lane]
 
     @numba.njit(**_J)
-    def _residual_threshold(W, norms, j1, r):
+    def _residual_threshold(W, norms, j1, r, stride_coprime):
         """The r-th smallest (1-based) of |W[i, j]| * norms[j] over i < c, j1 <= j < b, exactly,
         with the counts of scores < t and <= t: (t, n_below, n_at_most).
 
-        The value is bracketed from a strided sample of the scores (sorted), the bracket checked by
-        counting in one pass that also keeps the scores inside it; the r-th is then read off those
-        sorted. When the bracket misses, every score is sorted."""
+        The value is bracketed from a strided sample of the scores (sorted; the stride coprime with
+        the row length, ``_kernels.sample_stride``), the bracket checked by counting in one pass
+        that also keeps the scores inside it; the r-th is then selected among those. When the
+        bracket misses, among every score."""
         c, b = W.shape
         n = b - j1
         total = c * n
-        sample_size = min(total, 1 << 14)
-        stride = max(1, total // sample_size)
+        stride = stride_coprime
         m = (total + stride - 1) // stride
         sample = np.empty(m, W.dtype)
         for t in range(m):
@@ -257,20 +257,19 @@ if numba is not None:
         lo = sample[max(0, int(centre - slack))]
         hi = sample[min(m - 1, int(centre + slack))]
         n_below_lo = 0
-        inside = np.empty(min(total, 4 * int(2 * slack + 8) * stride + 1024), W.dtype)
+        # room for ~4x the expected count inside the bracket, and one row more (checked per row)
+        inside = np.empty(min(total, 4 * int(2 * slack + 8) * stride + 1024) + n, W.dtype)
         n_inside = 0
         overflow = False
         for i in range(c):
-            for j in range(j1, b):
+            if n_inside + n > inside.shape[0]:
+                overflow = True
+                break
+            for j in range(j1, b):  # branch-free: store always, advance when inside
                 v = abs(W[i, j]) * norms[j]
-                if v < lo:
-                    n_below_lo += 1
-                elif v <= hi:
-                    if n_inside < inside.shape[0]:
-                        inside[n_inside] = v
-                    else:
-                        overflow = True
-                    n_inside += 1
+                n_below_lo += v < lo
+                inside[n_inside] = v
+                n_inside += (v >= lo) & (v <= hi)
         if overflow or not (n_below_lo < r <= n_below_lo + n_inside):
             everything = np.empty(total, W.dtype)
             p = 0
@@ -282,15 +281,13 @@ if numba is not None:
             candidates = everything
         else:
             candidates = inside[:n_inside]
-        candidates = np.sort(candidates)
         k = r - n_below_lo  # 1-based rank inside the candidates
-        t = candidates[k - 1]
-        below = k - 1
-        while below > 0 and candidates[below - 1] == t:
-            below -= 1
-        at_most = k
-        while at_most < candidates.shape[0] and candidates[at_most] == t:
-            at_most += 1
+        t = np.partition(candidates, k - 1)[k - 1]
+        below = 0
+        at_most = 0
+        for v in candidates:
+            below += v < t
+            at_most += v <= t
         return t, n_below_lo + below, n_below_lo + at_most
 
 
@@ -308,5 +305,9 @@ def solve_block_rows(T_bb: np.ndarray, W_block: np.ndarray, block_mask: np.ndarr
 def residual_threshold(W: np.ndarray, norms: np.ndarray, j1: int, r: int):
     """The r-th smallest psi score over the trailing columns ``j >= j1`` of W (c, b), exactly:
     ``(t, #{< t}, #{<= t})``. Requires 1 <= r < c * (b - j1)."""
-    t, below, at_most = _call(_residual_threshold, ("threshold", W.dtype.str), W, norms, np.int64(j1), np.int64(r))
+    from ._kernels import sample_stride
+
+    n = W.shape[1] - j1
+    stride = sample_stride(W.shape[0] * n, n)
+    t, below, at_most = _call(_residual_threshold, ("threshold", W.dtype.str), W, norms, np.int64(j1), np.int64(r), np.int64(stride))
     return t, int(below), int(at_most)

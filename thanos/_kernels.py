@@ -33,7 +33,7 @@ def global_residual_mask(scores: torch.Tensor, r: int, columns: int | None = Non
     if r >= c * n:
         return torch.ones((c, columns), dtype=torch.bool, device=scores.device)
     flat = scores.reshape(-1)
-    threshold, n_below, n_at_most = _kth_smallest(flat, r)
+    threshold, n_below, n_at_most = _kth_smallest(flat, r, n)
     if n_at_most == r:  # no surplus ties at the threshold
         return scores[:, :columns] <= threshold
     mask = scores[:, :columns] < threshold
@@ -59,12 +59,24 @@ def trailing_residual_mask(W: torch.Tensor, norms: torch.Tensor, j1: int, r: int
     return global_residual_mask(W[:, j1:].abs() * norms[j1:], r, columns)
 
 
-def _kth_smallest(flat: torch.Tensor, k: int):
-    """The k-th smallest value t (1-based) of a 1-D tensor, exactly, with #{< t} and #{<= t}."""
+def sample_stride(total: int, row_length: int, sample_size: int = 1 << 14) -> int:
+    """Stride of a deterministic sample of about ``sample_size`` of ``total`` row-major scores, made
+    coprime with the row length so that the sample visits every column: a stride sharing a factor
+    with it (total // 2**14 is a power of two for power-of-two shapes) would sample a few columns
+    only -- biased by their norms, the bracket then misses and the selection falls back to all."""
+    stride = max(1, total // sample_size)
+    while math.gcd(stride, row_length) != 1:
+        stride += 1
+    return stride
+
+
+def _kth_smallest(flat: torch.Tensor, k: int, row_length: int = 1):
+    """The k-th smallest value t (1-based) of a 1-D tensor (row-major, rows of ``row_length``),
+    exactly, with #{< t} and #{<= t}."""
     total = flat.numel()
     lo_count, candidates = 0, flat
     if total > 1 << 16:
-        stride = total // (1 << 14)
+        stride = sample_stride(total, row_length)
         sample = torch.sort(flat[::stride]).values
         m = sample.numel()
         centre = k / total * m
