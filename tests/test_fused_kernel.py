@@ -116,25 +116,31 @@ def test_fused_block_solve_matches_torch_path_and_exact(dtype, width):
 
 @needs_numba
 def test_float32_breakdown_is_redone_in_float64():
-    """A system whose float32 factorisation breaks down although its (float32) matrix is positive
-    definite -- T of condition 1e9, rounded to float32, still factors in float64 -- is redone in
-    float64, as ``K.spd_solve`` does. The seed is one where the breakdown happens (asserted)."""
+    """A system whose float32 factorisation breaks down although its float32 numbers form a
+    positive definite matrix is redone in float64, as ``K.spd_solve`` does.
+
+    The leading 2 x 2 block [[3, 17], [17, c]], c = 96.333336 (the float32 just above 17^2/3), has
+    determinant 3c - 289 = 7.6e-6 > 0, but in float32 L[1, 0] = 17 * fl(1/fl(sqrt 3)) rounds up to
+    9.814955, and c - L[1, 0]^2 = -1.0e-6 (worked out exactly with fractions): the pivot is
+    negative. The rest of T is 2 I. Rows pruning columns 0 and 1 break down; the others do not."""
     width, c = 24, 16
-    rng = np.random.default_rng(7)
-    T32 = S.spd_with_condition(width, 1e9, rng).astype(np.float32)
-    np.linalg.cholesky(T32.astype(np.float64))  # premise: positive definite as float64 numbers
+    T32 = np.zeros((width, width), dtype=np.float32)
+    T32[:2, :2] = [[3.0, 17.0], [17.0, 96.333336]]
+    T32[2:, 2:] = 2.0 * np.eye(width - 2)
+    assert 3.0 * float(T32[1, 1]) - 17.0**2 > 0  # positive definite as exact numbers
     mask = np.ones((c, width), dtype=bool)
-    mask[: c // 2, width // 2 :] = False  # half the rows: a smaller sub-block, which factors
-    W32 = rng.standard_normal((c, width)).astype(np.float32)
+    mask[c // 2 :, :2] = False  # these rows keep columns 0 and 1
+    W32 = np.random.default_rng(5).standard_normal((c, width)).astype(np.float32)
     failed = _fused.solve_block_rows(T32, W32, mask, np.zeros((c, width), np.float32))
-    assert failed.any() and not failed.all(), "premise: some float32 factorisations break down"
+    assert failed.tolist() == [True] * (c // 2) + [False] * (c // 2)
     X = solver._solve_rows(torch.tensor(W32), torch.tensor(T32), torch.tensor(mask), solver.DEFAULT_MAX_EXTRA_MEMORY)
     exact = _exact_solutions(T32.astype(np.float64), W32.astype(np.float64), mask)
-    rows = np.flatnonzero(failed)
     kappa = T.condition_number(T32)
-    # float64 solve of the float32 numbers, then one rounding to float32
+    # a float64 solve of the float32 numbers, then one rounding to float32
     tol = T.solve_tol(width, kappa, "float64") + T.eps("float32")
-    T.assert_close(X.double().numpy()[rows], exact[rows], tol=tol, scale=float(np.abs(exact[rows]).max()), kappa=kappa,
+    T.assert_close(X.double().numpy(), exact, tol=tol + T.solve_tol(width, 1.0, "float32"), scale=float(np.abs(exact).max()),
+                   kappa=kappa, what="float32 rows, the broken-down ones redone in float64")
+    T.assert_close(X.double().numpy()[failed], exact[failed], tol=tol, scale=float(np.abs(exact[failed]).max()), kappa=kappa,
                    what="rows redone in float64")
 
 

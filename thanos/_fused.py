@@ -4,10 +4,11 @@
 ``R_hat_k = T[q_k, q_k]`` and ``u_k = W[k, q_k]`` (q_k: the row's pruned columns of the block,
 ascending), factors ``R_hat_k = L L^T``, solves ``L L^T x = u`` and scatters ``x`` into ``Xs[k, q_k]``.
 Rows are sorted by their count s_k (stable) and taken in groups of ``LANES``; a group's systems are
-stored interleaved, element (i, j) of lane l at ``(i * s + j) * LANES + l`` (s: the group's largest
-count; the smaller systems padded with identity rows and zero right-hand sides, App. H Eq. 77-79,
-which leaves x = 0 on the padding), so that every step of the factorisation and of both
-triangular solves is one ``LANES``-wide vector operation across the group.
+stored interleaved, element (i, j) of lane l at ``(i * ld + j) * LANES + l`` (s: the group's largest
+count; ld: s rounded up to an odd number, so that rows are not a power of two bytes apart and do
+not evict each other from the cache; the smaller systems padded with identity rows and zero
+right-hand sides, App. H Eq. 77-79, which leaves x = 0 on the padding), so that every step of the
+factorisation and of both triangular solves is one ``LANES``-wide vector operation across the group.
 
 ``residual_threshold`` finds the r-th smallest psi score ``|W[i, j]| * norms[j]`` over the trailing
 columns ``j >= j1`` without materialising the scores; the mask itself is made by the caller.
@@ -116,6 +117,28 @@ if numba is not None:
         return _add(even, odd)
 
     @numba.njit(inline="always", **_J)
+    def _dot_down_pair(a, b, A, p, q, r, count):
+        """(a - sum_t A[p+8t : +8] * A[q+8t : +8], b - sum_t A[p+8t : +8] * A[r+8t : +8]) over t < count:
+        two dot products sharing the row at p, each as two interleaved partial sums (four
+        independent FMA chains), added once at the end."""
+        a_odd = _zeros_like(a)
+        b_odd = _zeros_like(b)
+        t = 0
+        while t + 1 < count:
+            a = _minus_product(a, A, p, A, q)
+            b = _minus_product(b, A, p, A, r)
+            a_odd = _minus_product(a_odd, A, p + _L, A, q + _L)
+            b_odd = _minus_product(b_odd, A, p + _L, A, r + _L)
+            p += _L + _L
+            q += _L + _L
+            r += _L + _L
+            t += 2
+        if t < count:
+            a = _minus_product(a, A, p, A, q)
+            b = _minus_product(b, A, p, A, r)
+        return _add(a, a_odd), _add(b, b_odd)
+
+    @numba.njit(inline="always", **_J)
     def _store(A, p, a):
         A[p] = a[0]
         A[p + _U(1)] = a[1]
@@ -143,19 +166,28 @@ if numba is not None:
                 one / np.sqrt(a[4]), one / np.sqrt(a[5]), one / np.sqrt(a[6]), one / np.sqrt(a[7]))
 
     @numba.njit(**_J)
-    def _factor_and_solve(A, D, y, s):
+    def _factor_and_solve(A, D, y, s, ld):
         """In place: the lower Cholesky factor L of the LANES interleaved s x s systems in A
-        (row-wise Crout: L[i, j] from the dot product of rows i and j, j < i), with the reciprocals
+        (row-wise Crout: L[i, j] from the dot product of rows i and j, j < i, two j at a time), with the reciprocals
         of its diagonal in D (s x LANES) instead of the diagonal itself (as LAPACK's potf2 scales by
         1 / L[j, j]); then y <- A^-1 y by forward and back substitution. Returns False, leaving the
         rest undone, when a pivot is not positive (or is NaN) in any lane."""
-        row = _U(s) * _L
+        row = _U(ld) * _L  # row i of the systems starts at i * ld * LANES
         for i in range(s):
             ib = _U(i) * row
-            for j in range(i):
-                jb = _U(j) * row
+            j = 0
+            while j + 1 < i:  # L[i, j] and L[i, j + 1] together: their common terms k < j share row i's loads
                 ij = ib + _U(j) * _L
-                a = _dot_down(_load(A, ij), A, ib, _L, A, jb, _L, j)
+                jb = _U(j) * row
+                a, b = _dot_down_pair(_load(A, ij), _load(A, ij + _L), A, ib, jb, jb + row, j)
+                lij = _times(a, D, _U(j) * _L)
+                _store(A, ij, lij)
+                b = _minus_product(b, A, ij, A, jb + row + _U(j) * _L)  # the k = j term: L[i, j] L[j + 1, j]
+                _store(A, ij + _L, _times(b, D, _U(j + 1) * _L))
+                j += 2
+            if j < i:
+                ij = ib + _U(j) * _L
+                a = _dot_down(_load(A, ij), A, ib, _L, A, _U(j) * row, _L, j)
                 _store(A, ij, _times(a, D, _U(j) * _L))
             ii = ib + _U(i) * _L
             a = _dot_down(_load(A, ii), A, ib, _L, A, ib, _L, i)
@@ -191,7 +223,7 @@ if numba is not None:
         while first < c and counts[order[first]] == 0:
             first += 1
         s_max = counts[order[c - 1]] if c > 0 else 0
-        A = np.empty(s_max * s_max * LANES, T.dtype)
+        A = np.empty(s_max * (s_max + 1) * LANES, T.dtype)
         y = np.empty(s_max * LANES, T.dtype)
         D = np.empty(s_max * LANES, T.dtype)
         rows = np.empty(LANES, np.int64)
@@ -199,6 +231,7 @@ if numba is not None:
         for g0 in range(first, c, LANES):
             g1 = min(g0 + LANES, c)
             s = counts[order[g1 - 1]]
+            ld = s + 1 - s % 2  # odd row length: rows 2^k bytes apart would share cache sets
             for lane in range(LANES):
                 if g0 + lane < g1:
                     rows[lane] = order[g0 + lane]
@@ -210,7 +243,7 @@ if numba is not None:
                 r = rows[lane]
                 sl = row_counts[lane]
                 for i in range(s):
-                    base = i * s * LANES + lane
+                    base = i * ld * LANES + lane
                     if i < sl:
                         qi = cols[r, i]
                         for j in range(i + 1):
@@ -221,7 +254,7 @@ if numba is not None:
                             A[base + j * LANES] = 0.0
                         A[base + i * LANES] = 1.0
                         y[i * LANES + lane] = 0.0
-            if not _factor_and_solve(A, D, y, s):
+            if not _factor_and_solve(A, D, y, s, ld):
                 for lane in range(LANES):
                     if rows[lane] >= 0:
                         failed[rows[lane]] = True
