@@ -148,11 +148,12 @@ def test_float32_breakdown_is_redone_in_float64():
 @needs_numba
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("c, b, j1, levels", [
-    (7, 13, 0, None), (7, 13, 9, 3),            # small: the sample is every score
+    (7, 13, 0, None), (7, 13, 9, 3),            # small: every score is a candidate
     (300, 600, 0, None), (300, 600, 200, None),  # > 2**16 scores: a strided sample and a bracket
-    (300, 600, 100, 5),                          # heavy ties: the bracket overflows, full sort
+    (256, 512, 0, None),                         # power-of-two shapes: the sample must visit every column
+    (300, 600, 100, 5),                          # heavy ties: candidates overflow, and surplus ties
 ])
-def test_threshold_kernel_gives_the_global_residual_mask(dtype, c, b, j1, levels):
+def test_fused_global_mask_equals_the_torch_mask(dtype, c, b, j1, levels):
     rng = np.random.default_rng(c + b + j1)
     W64 = rng.standard_normal((c, b)) if levels is None else rng.integers(-levels, levels + 1, size=(c, b)).astype(float)
     norms64 = rng.uniform(0.5, 2.0, size=b) if levels is None else np.ones(b)
@@ -164,9 +165,24 @@ def test_threshold_kernel_gives_the_global_residual_mask(dtype, c, b, j1, levels
         expected = K.global_residual_mask(scores, r, width)
         got = K.trailing_residual_mask(W, norms, j1, r, width)
         assert torch.equal(got, expected), f"r={r}: masks differ at {int((got != expected).sum())} entries"
-        t, below, at_most = _fused.residual_threshold(W.numpy(), norms.numpy(), j1, r)
-        flat = scores.reshape(-1)
-        assert below == int((flat < t).sum()) and at_most == int((flat <= t).sum()) and below < r <= at_most
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_bracket_pass_counts_and_keeps_the_scores(dtype):
+    rng = np.random.default_rng(2)
+    W = torch.tensor(rng.standard_normal((50, 70)), dtype=DTYPES[dtype])
+    norms = torch.tensor(rng.uniform(0.5, 2.0, size=70), dtype=DTYPES[dtype])
+    j1 = 20
+    scores = (W[:, j1:].abs() * norms[j1:]).reshape(-1)
+    lo, hi = float(scores.quantile(0.3)), float(scores.quantile(0.6))
+    inside = torch.empty(scores.numel() + 50, dtype=W.dtype)
+    below, count, complete = _fused.bracket_scores(W.numpy(), norms.numpy(), j1, lo, hi, inside.numpy())
+    in_bracket = scores[(scores >= lo) & (scores <= hi)]
+    assert complete and below == int((scores < lo).sum()) and count == in_bracket.numel()
+    assert torch.equal(inside[:count], in_bracket)  # the same values, in row-major order
+    short = torch.empty(100, dtype=W.dtype)  # room for a few rows only: reports it ran out
+    assert _fused.bracket_scores(W.numpy(), norms.numpy(), j1, lo, hi, short.numpy())[2] is False
 
 
 # -------------------------------------------------------------------------------- whole layers
@@ -230,7 +246,7 @@ def test_without_numba_the_torch_path_runs(torch_path, monkeypatch):
         raise AssertionError("the fused kernel ran without numba")
 
     monkeypatch.setattr(_fused, "solve_block_rows", refuse)
-    monkeypatch.setattr(_fused, "residual_threshold", refuse)
+    monkeypatch.setattr(_fused, "bracket_scores", refuse)
     W64, H64 = _layer(12, 48, kappa=100.0, seed=3)
     kwargs = dict(method="thanos", pattern="unstructured", sparsity=0.5, block_size=16)
     prod = thanos.prune(torch.tensor(W64), torch.tensor(H64), compute_dtype=torch.float64, **kwargs)

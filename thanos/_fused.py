@@ -10,8 +10,9 @@ not evict each other from the cache; the smaller systems padded with identity ro
 right-hand sides, App. H Eq. 77-79, which leaves x = 0 on the padding), so that every step of the
 factorisation and of both triangular solves is one ``LANES``-wide vector operation across the group.
 
-``residual_threshold`` finds the r-th smallest psi score ``|W[i, j]| * norms[j]`` over the trailing
-columns ``j >= j1`` without materialising the scores; the mask itself is made by the caller.
+``bracket_scores`` is the one pass over the trailing psi scores ``|W[i, j]| * norms[j]``, j >= j1,
+that the global residual mask needs per block (count those below a bracket, keep those inside),
+without forming the c x (b - j1) scores; ``thanos._kernels.trailing_residual_mask`` does the rest.
 
 Both are plain loops in a fixed order, single-threaded: the same inputs give the same bits on
 every run of the same compiled code. The torch code in ``thanos.solver`` / ``thanos._kernels`` is
@@ -78,11 +79,11 @@ if numba is not None:
     _L = _U(LANES)
     _J = dict(cache=True, nogil=True, boundscheck=False, fastmath={"contract"})
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _load(A, p):
         return (A[p], A[p + _U(1)], A[p + _U(2)], A[p + _U(3)], A[p + _U(4)], A[p + _U(5)], A[p + _U(6)], A[p + _U(7)])
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _minus_product(a, A, p, B, q):
         """a - A[p:p+8] * B[q:q+8], lane by lane."""
         return (a[0] - A[p] * B[q], a[1] - A[p + _U(1)] * B[q + _U(1)], a[2] - A[p + _U(2)] * B[q + _U(2)],
@@ -90,16 +91,16 @@ if numba is not None:
                 a[5] - A[p + _U(5)] * B[q + _U(5)], a[6] - A[p + _U(6)] * B[q + _U(6)],
                 a[7] - A[p + _U(7)] * B[q + _U(7)])
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _add(a, b):
         return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4], a[5] + b[5], a[6] + b[6], a[7] + b[7])
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _zeros_like(a):
         z = a[0] - a[0]
         return (z, z, z, z, z, z, z, z)
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _dot_down(a, A, p, stride_p, B, q, stride_q, count):
         """a - sum_{t < count} A[p + t*stride_p : +8] * B[q + t*stride_q : +8], lane by lane, as two
         interleaved partial sums (two independent FMA chains), added once at the end."""
@@ -116,7 +117,7 @@ if numba is not None:
             even = _minus_product(even, A, p, B, q)
         return _add(even, odd)
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _dot_down_pair(a, b, A, p, q, r, count):
         """(a - sum_t A[p+8t : +8] * A[q+8t : +8], b - sum_t A[p+8t : +8] * A[r+8t : +8]) over t < count:
         two dot products sharing the row at p, each as two interleaved partial sums (four
@@ -138,7 +139,7 @@ if numba is not None:
             b = _minus_product(b, A, p, A, r)
         return _add(a, a_odd), _add(b, b_odd)
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _store(A, p, a):
         A[p] = a[0]
         A[p + _U(1)] = a[1]
@@ -149,17 +150,17 @@ if numba is not None:
         A[p + _U(6)] = a[6]
         A[p + _U(7)] = a[7]
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _times(a, D, p):
         """a * D[p:p+8], lane by lane."""
         return (a[0] * D[p], a[1] * D[p + _U(1)], a[2] * D[p + _U(2)], a[3] * D[p + _U(3)], a[4] * D[p + _U(4)],
                 a[5] * D[p + _U(5)], a[6] * D[p + _U(6)], a[7] * D[p + _U(7)])
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _all_positive(a):
         return (a[0] > 0) & (a[1] > 0) & (a[2] > 0) & (a[3] > 0) & (a[4] > 0) & (a[5] > 0) & (a[6] > 0) & (a[7] > 0)
 
-    @numba.njit(inline="always", **_J)
+    @numba.njit(**_J)
     def _reciprocal_sqrt(a):
         one = a[0] - a[0] + 1
         return (one / np.sqrt(a[0]), one / np.sqrt(a[1]), one / np.sqrt(a[2]), one / np.sqrt(a[3]),
@@ -218,7 +219,16 @@ if numba is not None:
                     cols[r, n] = j
                     n += 1
             counts[r] = n
-        order = np.argsort(counts, kind="mergesort")  # stable: ties keep row order
+        # rows by count, ties in row order (a stable counting sort)
+        starts = np.zeros(width + 2, np.int64)
+        for r in range(c):
+            starts[counts[r] + 1] += 1
+        for k in range(width + 1):
+            starts[k + 1] += starts[k]
+        order = np.empty(c, np.int64)
+        for r in range(c):
+            order[starts[counts[r]]] = r
+            starts[counts[r]] += 1
         first = 0
         while first < c and counts[order[first]] == 0:
             first += 1
@@ -265,63 +275,23 @@ if numba is not None:
                     Xs[r, cols[r, i]] = y[i * LANES + lane]
 
     @numba.njit(**_J)
-    def _residual_threshold(W, norms, j1, r, stride_coprime):
-        """The r-th smallest (1-based) of |W[i, j]| * norms[j] over i < c, j1 <= j < b, exactly,
-        with the counts of scores < t and <= t: (t, n_below, n_at_most).
-
-        The value is bracketed from a strided sample of the scores (sorted; the stride coprime with
-        the row length, ``_kernels.sample_stride``), the bracket checked by counting in one pass
-        that also keeps the scores inside it; the r-th is then selected among those. When the
-        bracket misses, among every score."""
+    def _bracket_scores(W, norms, j1, lo, hi, inside):
+        """One pass over the psi scores ``|W[i, j]| * norms[j]``, i < c, j1 <= j < b: count those
+        below lo and copy those in [lo, hi] to ``inside`` (in row-major order). Returns (count
+        below lo, count inside, whether ``inside`` held them all)."""
         c, b = W.shape
         n = b - j1
-        total = c * n
-        stride = stride_coprime
-        m = (total + stride - 1) // stride
-        sample = np.empty(m, W.dtype)
-        for t in range(m):
-            f = t * stride
-            i = f // n
-            j = j1 + f - i * n
-            sample[t] = abs(W[i, j]) * norms[j]
-        sample.sort()
-        centre = r / total * m
-        slack = 4.0 * (m * (r / total) * (1 - r / total)) ** 0.5 + 4
-        lo = sample[max(0, int(centre - slack))]
-        hi = sample[min(m - 1, int(centre + slack))]
-        n_below_lo = 0
-        # room for ~4x the expected count inside the bracket, and one row more (checked per row)
-        inside = np.empty(min(total, 4 * int(2 * slack + 8) * stride + 1024) + n, W.dtype)
+        n_below = 0
         n_inside = 0
-        overflow = False
         for i in range(c):
             if n_inside + n > inside.shape[0]:
-                overflow = True
-                break
+                return n_below, n_inside, False
             for j in range(j1, b):  # branch-free: store always, advance when inside
                 v = abs(W[i, j]) * norms[j]
-                n_below_lo += v < lo
+                n_below += v < lo
                 inside[n_inside] = v
                 n_inside += (v >= lo) & (v <= hi)
-        if overflow or not (n_below_lo < r <= n_below_lo + n_inside):
-            everything = np.empty(total, W.dtype)
-            p = 0
-            for i in range(c):
-                for j in range(j1, b):
-                    everything[p] = abs(W[i, j]) * norms[j]
-                    p += 1
-            n_below_lo = 0
-            candidates = everything
-        else:
-            candidates = inside[:n_inside]
-        k = r - n_below_lo  # 1-based rank inside the candidates
-        t = np.partition(candidates, k - 1)[k - 1]
-        below = 0
-        at_most = 0
-        for v in candidates:
-            below += v < t
-            at_most += v <= t
-        return t, n_below_lo + below, n_below_lo + at_most
+        return n_below, n_inside, True
 
 
 def solve_block_rows(T_bb: np.ndarray, W_block: np.ndarray, block_mask: np.ndarray, Xs: np.ndarray) -> np.ndarray:
@@ -335,12 +305,9 @@ def solve_block_rows(T_bb: np.ndarray, W_block: np.ndarray, block_mask: np.ndarr
     return failed
 
 
-def residual_threshold(W: np.ndarray, norms: np.ndarray, j1: int, r: int):
-    """The r-th smallest psi score over the trailing columns ``j >= j1`` of W (c, b), exactly:
-    ``(t, #{< t}, #{<= t})``. Requires 1 <= r < c * (b - j1)."""
-    from ._kernels import sample_stride
-
-    n = W.shape[1] - j1
-    stride = sample_stride(W.shape[0] * n, n)
-    t, below, at_most = _call(_residual_threshold, ("threshold", W.dtype.str), W, norms, np.int64(j1), np.int64(r), np.int64(stride))
-    return t, int(below), int(at_most)
+def bracket_scores(W: np.ndarray, norms: np.ndarray, j1: int, lo: float, hi: float, inside: np.ndarray):
+    """Count the psi scores ``|W[:, j1:]| * norms[j1:]`` below ``lo`` and copy those in [lo, hi]
+    into ``inside`` (1-D, W's dtype, at least one row long), in one pass without forming the
+    scores. Returns (count below, count inside, complete: False if ``inside`` ran out of room)."""
+    below, count, complete = _call(_bracket_scores, ("bracket", W.dtype.str), W, norms, np.int64(j1), lo, hi, inside)
+    return int(below), int(count), bool(complete)
