@@ -1,4 +1,4 @@
-"""``python -m benchmarks breakdown [--shapes CxB,...] [--repeats N] [--out FILE]``
+"""``python -m benchmarks breakdown [--shapes CxB,...] [--repeats N] [--out FILE] | --compile-time``
 
 Where one Thanos layer's time goes, per step, with the fused CPU kernels (``thanos._fused``) and
 with the torch path (``THANOS_DISABLE_FUSED=1``), next to SparseGPT's total; the same random layers
@@ -12,6 +12,11 @@ Steps, timed by wrapping the solver's own functions (nothing re-implemented here
 - solve: ``solver._solve_rows`` (gather, factorisation, triangular solves, scatter), summed;
 - rest: everything else -- per block ``Ub^T Ur``, the update GEMM ``W[:, j:] -= Xs T``, zeroing
   the pruned entries; once, the copies and the loss ``1/2 tr(D H D^T)``.
+
+``--compile-time``: the fused kernels' first-call cost. A fresh process with an empty numba cache
+(``NUMBA_CACHE_DIR`` a new temporary folder) prunes a (64, 256) layer twice per compute dtype
+(float32, then float64): the first call compiles, the second runs; then a second process with
+that cache: its first call loads the compiled code from disk.
 
 One worker process per shape runs every variant in round-robin rounds (order rotated per round)
 after a warm-up on a small layer (which also compiles or loads the kernels), and reports medians.
@@ -93,6 +98,37 @@ def _worker(job: dict) -> dict:
     return {"runs": runs}
 
 
+def _compile_worker() -> dict:
+    import torch
+
+    import thanos
+    from thanos import _fused
+
+    W, H = _layer(64, 256, "cpu")
+    out = {"fused": _fused.available()}
+    for dtype in (torch.float32, torch.float64):
+        for call in ("first", "second"):
+            t0 = time.perf_counter()
+            thanos.prune(W.to(dtype), H.to(dtype), method="thanos", pattern="unstructured", sparsity=0.5, compute_dtype=dtype)
+            out[f"{str(dtype).split('.')[-1]} {call} call"] = time.perf_counter() - t0
+    return out
+
+
+def _compile_time() -> int:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        for label in ("empty cache (compiles)", "warm cache (loads)"):
+            out = subprocess.run([sys.executable, "-m", "benchmarks.breakdown", "--worker", json.dumps({"compile": True})],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+            times = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{label}: " + ", ".join(f"{k} {v:.2f} s" if isinstance(v, float) else f"{k} {v}" for k, v in times.items()))
+    print(f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    return 0
+
+
 def _markdown(result: dict) -> str:
     lines = [
         f"Command: `{result['command']}` ({result['date']}; {result['machine']}; load average at the end "
@@ -117,11 +153,15 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default="2048x2048", help="comma-separated CxB list")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--compile-time", action="store_true", help="first-call compile and cache-load time of the kernels")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
-        print(json.dumps(_worker(json.loads(args.worker))))
+        job = json.loads(args.worker)
+        print(json.dumps(_compile_worker() if job.get("compile") else _worker(job)))
         return 0
+    if args.compile_time:
+        return _compile_time()
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "breakdown-cpu.json"
     command = "python -m benchmarks breakdown" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
