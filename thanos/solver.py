@@ -266,8 +266,9 @@ def _solve_rows(W_block, T_bb, block_mask, budget):
 def _solve_rows_fused(W_block, T_bb, block_mask):
     """``_solve_rows`` by ``thanos._fused.solve_block_rows`` (rows in groups of 8 vector lanes, the
     gather, factorisation, both triangular solves and the scatter in one compiled pass; its
-    temporaries are one group's systems, 8 s^2 numbers). Rows whose float32 factorisation breaks
-    down are redone in float64, as ``K.spd_solve`` does."""
+    temporaries, whatever the budget: one group's systems, 8 s (s + 1) numbers, and the rows'
+    column lists, c x B indices). Rows whose float32 factorisation breaks down are redone in
+    float64, as ``K.spd_solve`` does."""
     c, width = W_block.shape
     Wb = W_block.contiguous()
     mask = block_mask.contiguous().numpy()
