@@ -17,7 +17,9 @@ fallback and the reference here; the float64 NumPy solve of each row's system is
   can flip) and weights within ``solve_tol(b, kappa, dtype)`` relative to max|W|. float32 weights
   differ by ~ n kappa eps32, which can flip a near-tie of the *next* block's global mask (a
   legitimate difference, STYLE.md): there the first block's mask (decided before any solve) must
-  be equal and the counts exact, and the loss within the float32 solve tolerance.
+  be equal and the counts exact, and the loss within the float32 solve tolerance. N:M masks are
+  compared whole in float32 too: each decision is among the m scores of one row's group, whose
+  gaps (~1/m of their spread, not 1/(c b)) are far above the ~n kappa eps32 the paths differ by.
 - Reruns of the same kernel are bit-identical: the kernels are single-threaded loops in a fixed
   order (rows sorted stably by count, fixed lane groups, fixed summation order), compiled once per
   process, so nothing can reorder a sum between two calls.
