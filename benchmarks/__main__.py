@@ -3,7 +3,8 @@
 import sys
 from importlib import import_module
 
-_BENCHMARKS = {"speed": "benchmarks.speed", "quality": "benchmarks.quality", "scale": "benchmarks.scale"}
+_BENCHMARKS = {"speed": "benchmarks.speed", "quality": "benchmarks.quality", "scale": "benchmarks.scale",
+               "breakdown": "benchmarks.breakdown"}
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,8 @@ import torch
 
 from reference import spec
 
+from . import _fused
+
 
 # --------------------------------------------------------------------------------------- masks
 def global_residual_mask(scores: torch.Tensor, r: int, columns: int | None = None) -> torch.Tensor:
@@ -31,7 +33,7 @@ def global_residual_mask(scores: torch.Tensor, r: int, columns: int | None = Non
     if r >= c * n:
         return torch.ones((c, columns), dtype=torch.bool, device=scores.device)
     flat = scores.reshape(-1)
-    threshold, n_below, n_at_most = _kth_smallest(flat, r)
+    threshold, n_below, n_at_most = _kth_smallest(flat, r, n)
     if n_at_most == r:  # no surplus ties at the threshold
         return scores[:, :columns] <= threshold
     mask = scores[:, :columns] < threshold
@@ -41,18 +43,68 @@ def global_residual_mask(scores: torch.Tensor, r: int, columns: int | None = Non
     return mask
 
 
-def _kth_smallest(flat: torch.Tensor, k: int):
-    """The k-th smallest value t (1-based) of a 1-D tensor, exactly, with #{< t} and #{<= t}."""
+def trailing_residual_mask(W: torch.Tensor, norms: torch.Tensor, j1: int, r: int, columns: int) -> torch.Tensor:
+    """``global_residual_mask`` of the psi scores ``|W[:, j1:]| * norms[j1:]`` (Eq. 11) of the
+    current weights, restricted to the block's first ``columns`` columns (Alg. 1, App. G.4.1).
+
+    On the CPU with the fused kernels (``thanos._fused``) the c x (b - j1) scores are never formed:
+    the same strided sample as ``_kth_smallest`` brackets the r-th smallest score, one compiled
+    pass counts the scores below the bracket and keeps those inside, and the r-th is selected among
+    those; only the block's scores are formed for the mask. With surplus ties at the threshold
+    (where the row-major order over the whole trailing matrix decides), a missed bracket, and
+    everywhere else, the scores are formed and ``global_residual_mask`` decides."""
+    c, b = W.shape
+    n = b - j1
+    total = c * n
+    if W.device.type == "cpu" and _fused.available() and 0 < r < total and W.is_contiguous():
+        norms = norms.contiguous()
+        if total > 1 << 16:
+            stride = sample_stride(total, n)
+            flat = torch.arange(0, total, stride)
+            rows, cols = flat // n, j1 + flat % n
+            lo, hi, in_sample = _bracket(torch.sort(W[rows, cols].abs() * norms[cols]).values, r, total)
+            room = min(total, 8 * in_sample * stride + 1024) + n
+        else:
+            lo, hi, room = -math.inf, math.inf, total + n
+        inside = torch.empty(room, dtype=W.dtype)
+        n_below, n_inside, complete = _fused.bracket_scores(W.numpy(), norms.numpy(), j1, float(lo), float(hi), inside.numpy())
+        if complete and n_below < r <= n_below + n_inside:
+            candidates = inside[:n_inside]
+            threshold = torch.kthvalue(candidates, r - n_below).values
+            if n_below + int((candidates <= threshold).sum()) == r:  # no surplus ties: scores <= t
+                return W[:, j1 : j1 + columns].abs() * norms[j1 : j1 + columns] <= threshold
+    return global_residual_mask(W[:, j1:].abs() * norms[j1:], r, columns)
+
+
+def sample_stride(total: int, row_length: int, sample_size: int = 1 << 14) -> int:
+    """Stride of a deterministic sample of about ``sample_size`` of ``total`` row-major scores, made
+    coprime with the row length so that the sample visits every column: a stride sharing a factor
+    with it (total // 2**14 is a power of two for power-of-two shapes) would sample a few columns
+    only -- biased by their norms, the bracket then misses and the selection falls back to all."""
+    stride = max(1, total // sample_size)
+    while math.gcd(stride, row_length) != 1:
+        stride += 1
+    return stride
+
+
+def _bracket(sample: torch.Tensor, k: int, total: int):
+    """(lo, hi, sample points from lo to hi) around the k-th smallest of ``total`` values, from a
+    sorted sample of them: ranks k/total * m -+ 4 binomial standard deviations (+ 4) of the sample."""
+    m = sample.numel()
+    centre = k / total * m
+    slack = 4.0 * (m * (k / total) * (1 - k / total)) ** 0.5 + 4
+    lo_rank, hi_rank = max(0, int(centre - slack)), min(m - 1, int(centre + slack))
+    return sample[lo_rank], sample[hi_rank], hi_rank - lo_rank + 1
+
+
+def _kth_smallest(flat: torch.Tensor, k: int, row_length: int = 1):
+    """The k-th smallest value t (1-based) of a 1-D tensor (row-major, rows of ``row_length``),
+    exactly, with #{< t} and #{<= t}."""
     total = flat.numel()
     lo_count, candidates = 0, flat
     if total > 1 << 16:
-        stride = total // (1 << 14)
-        sample = torch.sort(flat[::stride]).values
-        m = sample.numel()
-        centre = k / total * m
-        slack = 4.0 * (m * (k / total) * (1 - k / total)) ** 0.5 + 4
-        lo = sample[max(0, int(centre - slack))]
-        hi = sample[min(m - 1, int(centre + slack))]
+        stride = sample_stride(total, row_length)
+        lo, hi, _ = _bracket(torch.sort(flat[::stride]).values, k, total)
         below_lo = flat < lo
         n_below_lo = int(below_lo.sum())
         inside = flat[(flat <= hi) ^ below_lo]  # lo <= hi, so this is lo <= flat <= hi

@@ -20,6 +20,7 @@ import torch
 from reference import spec
 from reference.spec import PruneResult
 
+from . import _fused
 from . import _kernels as K
 
 DEFAULT_MAX_EXTRA_MEMORY = 256 * 2**20  # bytes of batched-solve temporaries per chunk of rows
@@ -228,6 +229,7 @@ def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget
     c_active, b = Wr.shape
     Mr = torch.zeros((c_active, b), dtype=torch.bool, device=Wk.device)
     remaining = spec.unstructured_count(opts.sparsity, c_active * b)
+    any_dead = bool(dead.any())
     for j1 in range(0, b, opts.block_size):
         j2 = min(j1 + opts.block_size, b)
         width = j2 - j1
@@ -238,10 +240,13 @@ def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget
             if remaining <= 0:  # only dead weights are left to prune; they are 0 already
                 Mr[:, j1:] |= dead[j1:]
                 break
-            scores = (Wr[:, j1:].abs() * norms[j1:]).masked_fill_(dead[j1:], -1.0)  # psi of the *current* weights, Eq. (11)
-            block_mask = K.global_residual_mask(scores, remaining, width)
+            if any_dead:  # dead weights first: below every psi, ahead of live weights that are 0
+                scores = (Wr[:, j1:].abs() * norms[j1:]).masked_fill_(dead[j1:], -1.0)  # psi, Eq. (11)
+                block_mask = K.global_residual_mask(scores, remaining, width)
+                del scores
+            else:  # psi of the current weights, never formed whole with the fused kernels
+                block_mask = K.trailing_residual_mask(Wr, norms, j1, remaining, width)
             block_mask |= dead[j1:j2]
-            del scores
             remaining -= int(block_mask.sum())
         if Hdamped is not None:
             T_rows = torch.linalg.inv(Hdamped[j1:, j1:])[:width]  # benchmark-only variant
@@ -267,6 +272,8 @@ def _solve_rows(W_block, T_bb, block_mask, budget):
     x = 0 on the padding. The padding comes out of the gather itself: R_hat is read from
     [[T_bb, 0], [0, I]], padded slot p pointing at index B + p. Chunks trade padding flops against
     per-call overhead and keep each chunk's temporaries under ``budget`` bytes."""
+    if W_block.device.type == "cpu" and _fused.available():  # the fused CPU kernel; torch below: fallback, CUDA
+        return _solve_rows_fused(W_block, T_bb, block_mask)
     c, width = W_block.shape
     Xs = torch.zeros_like(W_block)
     counts = block_mask.sum(1)
@@ -299,6 +306,30 @@ def _solve_rows(W_block, T_bb, block_mask, budget):
         R_hat = T_ext.index_select(0, flat).view(hi - lo, s, s)
         u = torch.gather(W_block[idx], 1, cols) * valid
         Xs[idx.unsqueeze(1), cols] = K.spd_solve(R_hat, u)
+    return Xs
+
+
+def _solve_rows_fused(W_block, T_bb, block_mask):
+    """``_solve_rows`` by ``thanos._fused.solve_block_rows`` (rows in groups of 8 vector lanes, the
+    gather, factorisation, both triangular solves and the scatter in one compiled pass; its
+    temporaries, whatever the budget: one group's systems, 8 s (s + 1) numbers, and the rows'
+    column lists, c x B indices). Rows whose float32 factorisation breaks down are redone in
+    float64, as ``K.spd_solve`` does."""
+    c, width = W_block.shape
+    Wb = W_block.contiguous()
+    mask = block_mask.contiguous().numpy()
+    Xs = torch.zeros((c, width), dtype=W_block.dtype)
+    failed = _fused.solve_block_rows(T_bb.contiguous().numpy(), Wb.numpy(), mask, Xs.numpy())
+    if failed.any():
+        if W_block.dtype == torch.float64:
+            raise torch.linalg.LinAlgError("batched Cholesky of a trailing sub-block failed in float64")
+        rows = torch.from_numpy(failed.nonzero()[0])
+        X64 = torch.zeros((rows.numel(), width), dtype=torch.float64)
+        again = _fused.solve_block_rows(T_bb.double().contiguous().numpy(), Wb[rows].double().numpy(),
+                                        np.ascontiguousarray(mask[failed]), X64.numpy())
+        if again.any():
+            raise torch.linalg.LinAlgError("batched Cholesky of a trailing sub-block failed in float64")
+        Xs[rows] = X64.to(Xs.dtype)
     return Xs
 
 
