@@ -24,17 +24,10 @@ import reference
 import strategies as S
 import thanos
 import tolerances as T
+from test_production_solver import _recording  # (result, warning messages) of one prune call
 from reference import spec
 
 device_settings = settings(suppress_health_check=[*settings().suppress_health_check, HealthCheck.function_scoped_fixture])
-
-
-def _recording(prune, *args, **kwargs):
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = prune(*args, **kwargs)
-    assert all(w.category is RuntimeWarning for w in record), [str(w.message) for w in record]
-    return result, [str(w.message) for w in record]
 
 
 def _both(W, H, **kwargs):

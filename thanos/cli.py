@@ -456,23 +456,33 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _signals_held():
-    """Defer SIGINT and SIGTERM while the output is moved into place or a partial one is removed,
-    so that an interrupt cannot leave either half done; a signal that came meanwhile is raised
-    again on exit. (Python runs signal handlers in the main thread, so swapping the handler defers
-    them wherever the kernel delivered them; a thread signal mask would not, with torch's threads.)"""
-    pending = []
+def _signal_handler(handler):
+    """``handler`` for SIGINT and SIGTERM while the block runs, the previous handlers restored after;
+    outside the main thread signals are not ours to handle and are left as they are."""
     saved = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            saved[sig] = signal.signal(sig, lambda signum, _frame: pending.append(signum))
-    except ValueError:  # not the main thread: signals are not ours to handle
+            saved[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread
         pass
     try:
         yield
     finally:
         for sig, previous in saved.items():
             signal.signal(sig, previous)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Defer SIGINT and SIGTERM while the output is moved into place or a partial one is removed,
+    so that an interrupt cannot leave either half done; a signal that came meanwhile is raised
+    again on exit. (Python runs signal handlers in the main thread, so swapping the handler defers
+    them wherever the kernel delivered them; a thread signal mask would not, with torch's threads.)"""
+    pending = []
+    try:
+        with _signal_handler(lambda signum, _frame: pending.append(signum)):
+            yield
+    finally:
         if pending:
             signal.raise_signal(pending[0])
 
@@ -762,17 +772,8 @@ def _interrupts_raise():
     def handler(signum, _frame):
         raise Interrupted(signum)
 
-    saved = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            saved[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals as they are
-        pass
-    try:
+    with _signal_handler(handler):
         yield
-    finally:
-        for sig, previous in saved.items():
-            signal.signal(sig, previous)
 
 
 def main(argv: Optional[list] = None) -> int:
