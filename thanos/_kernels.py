@@ -59,7 +59,7 @@ def trailing_residual_mask(W: torch.Tensor, norms: torch.Tensor, j1: int, r: int
     if W.device.type == "cpu" and _fused.available() and 0 < r < total and W.is_contiguous():
         norms = norms.contiguous()
         if total > 1 << 16:
-            stride = sample_stride(total, n)
+            stride = _sample_stride(total, n)
             flat = torch.arange(0, total, stride)
             rows, cols = flat // n, j1 + flat % n
             lo, hi, in_sample = _bracket(torch.sort(W[rows, cols].abs() * norms[cols]).values, r, total)
@@ -76,7 +76,7 @@ def trailing_residual_mask(W: torch.Tensor, norms: torch.Tensor, j1: int, r: int
     return global_residual_mask(W[:, j1:].abs() * norms[j1:], r, columns)
 
 
-def sample_stride(total: int, row_length: int, sample_size: int = 1 << 14) -> int:
+def _sample_stride(total: int, row_length: int, sample_size: int = 1 << 14) -> int:
     """Stride of a deterministic sample of about ``sample_size`` of ``total`` row-major scores, made
     coprime with the row length so that the sample visits every column: a stride sharing a factor
     with it (total // 2**14 is a power of two for power-of-two shapes) would sample a few columns
@@ -103,7 +103,7 @@ def _kth_smallest(flat: torch.Tensor, k: int, row_length: int = 1):
     total = flat.numel()
     lo_count, candidates = 0, flat
     if total > 1 << 16:
-        stride = sample_stride(total, row_length)
+        stride = _sample_stride(total, row_length)
         lo, hi, _ = _bracket(torch.sort(flat[::stride]).values, k, total)
         below_lo = flat < lo
         n_below_lo = int(below_lo.sum())

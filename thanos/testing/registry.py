@@ -13,7 +13,9 @@ Sample inputs are NumPy float64 arrays (values already representable in the dtyp
   comparisons only, so equality is the point (no arithmetic on either side);
 - ``"solve"``: ``solve_tol(n, kappa, dtype)`` relative to the reference result's max norm, kappa
   given by the entry for each sample;
-- ``"rounding"``: ``rounding_tol(n, dtype)`` (sums of n products, no solve).
+- ``"rounding"``: ``rounding_tol(n, dtype)`` (sums of n products, no solve);
+- ``"bound"``: production returns a certified lower bound on the reference's value: it may not
+  exceed it by more than ``rounding_tol(n)`` of the matrix's max norm.
 
 Importing this module imports neither torch nor Hypothesis (production callables are resolved by
 name on use).
@@ -221,10 +223,58 @@ def _tensors(torch, args, dtype, device):
 
 
 def _factor_call(torch, args, dtype, device):
+    """damped_factor(H, H64, mean(diag H), percdamp, lambda_min_lower): no lower bound is claimed
+    (-inf), so every load is decided by the float64 eigenvalue test, as the reference decides it."""
     H, percdamp = args
     Ht = torch.tensor(H, dtype=getattr(torch, dtype), device=device)
     mean_diagonal = float(np.mean(np.diag(H))) or 1.0
-    return (Ht, mean_diagonal, percdamp, torch.tensor(H, dtype=torch.float64, device=device))
+    return (Ht, torch.tensor(H, dtype=torch.float64, device=device), mean_diagonal, percdamp, -np.inf)
+
+
+def ref_psd_lower_bound(H, shift: float, eps: float) -> float:
+    """lambda_min(H) from float64 eigenvalues; H not PSD up to rounding raises as ``reference.prune``
+    does (``spec.check_psd``). Production's answer is a *lower bound* on it (compare="bound")."""
+    from reference import spec
+
+    lam = np.linalg.eigvalsh(np.asarray(H, dtype=np.float64))
+    spec.check_psd(float(lam[0]), float(lam[-1]), lam.size, eps)
+    return float(lam[0])
+
+
+def _psd_samples(rng, dtype) -> Iterator[Sample]:
+    """H is float64 (the kernel's input); eps is that of the dtype H came in, float32 or float64."""
+    for eps in (T.eps("float64"), T.eps("float32")):
+        for n in (1, 4, 12):
+            for kappa in (2.0, 1e3, 1e6):
+                H = _spd(rng, n, kappa, "float64")
+                for shift in (0.0, 1e-3 * float(np.max(np.diag(H)))):
+                    yield Sample((H, shift, eps), n=n)
+            X = rng.standard_normal((n, max(1, n // 2)))  # rank-deficient 2 X X^T: lambda_min ~ rounding
+            yield Sample((2.0 * X @ X.T, 0.0, eps), n=n, note="rank-deficient")
+
+
+def _psd_call(torch, args, dtype, device):
+    H, shift, eps = args
+    return (torch.tensor(H, dtype=torch.float64, device=device), shift, eps)
+
+
+def ref_trailing_residual_mask(W, norms, j1: int, r: int, columns: int) -> np.ndarray:
+    """``global_residual_mask`` of psi (Eq. 11) over the trailing columns j1.., kept to the block's
+    first ``columns`` columns (Alg. 1 at a block start)."""
+    W = np.asarray(W, dtype=np.float64)
+    return eq.global_residual_mask(np.abs(W[:, j1:]) * np.asarray(norms, dtype=np.float64)[j1:], r)[:, :columns]
+
+
+def _trailing_mask_samples(rng, dtype) -> Iterator[Sample]:
+    # norms are powers of two and W is representable in dtype, so |W| * norms is exact in every
+    # dtype: both sides compare the same score values (equality is the point)
+    for c, b, j1, columns in ((3, 8, 0, 4), (5, 16, 4, 4), (300, 300, 44, 64)):  # 300 x 256 > 2**16: bracketed
+        W = _round(rng.standard_normal((c, b)), dtype)
+        norms = 2.0 ** rng.integers(-3, 4, size=b).astype(np.float64)
+        total = c * (b - j1)
+        for r in sorted({1, total // 2, total - 1}):
+            yield Sample((W, norms, j1, r, columns))
+        yield Sample((np.round(W * 2), norms, j1, total // 3, columns), note="ties")
 
 
 def _factor_result(result):
@@ -262,6 +312,10 @@ REGISTRY = (
     KernelInfo("largest_rows", "thanos._kernels:largest_rows", ref_largest_rows, _vector_samples),
     KernelInfo("damped_factor", "thanos._kernels:damped_factor", ref_damped_factor, _factor_samples, compare="solve",
                to_production=_factor_call, from_production=_factor_result),
+    KernelInfo("psd_lower_bound", "thanos._kernels:psd_lower_bound", ref_psd_lower_bound, _psd_samples, compare="bound",
+               to_production=_psd_call, dtypes=("float64",)),
+    KernelInfo("trailing_residual_mask", "thanos._kernels:trailing_residual_mask", ref_trailing_residual_mask,
+               _trailing_mask_samples),
     KernelInfo("upper_triangular_inverse", "thanos._kernels:upper_triangular_inverse", ref_upper_triangular_inverse,
                _triangular_samples, compare="solve"),
     KernelInfo("spd_solve", "thanos._kernels:spd_solve", ref_spd_solve, _spd_solve_samples, compare="solve"),
@@ -273,4 +327,4 @@ REGISTRY = (
 )
 
 __all__ = ["KernelInfo", "REGISTRY", "Sample", "ref_damped_factor", "ref_largest_rows", "ref_smallest_columns",
-           "ref_solve_rows", "ref_spd_solve", "ref_streamed_hessian", "ref_upper_triangular_inverse", "streamed_hessian"]
+           "ref_psd_lower_bound", "ref_solve_rows", "ref_spd_solve", "ref_trailing_residual_mask", "ref_streamed_hessian", "ref_upper_triangular_inverse", "streamed_hessian"]
