@@ -152,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave dense the Linear modules whose full name matches one of these fnmatch patterns")
     p.add_argument("--save-masks", action="store_true",
                    help="also write masks.safetensors: each pruned module's boolean mask (True = pruned), keyed by module name")
+    owl = p.add_argument_group("non-uniform block sparsity (outlier-weighted, as OWL; unstructured only)")
+    owl.add_argument("--layer-sparsity", default="uniform", choices=("uniform", "owl"),
+                     help="every decoder block at --sparsity (uniform, the default), or OWL's outlier-weighted block "
+                          "sparsities averaging --sparsity (blocks with more outlier weights pruned less)")
+    owl.add_argument("--owl-threshold", type=float, default=5.0,
+                     help="OWL's M: an outlier's score exceeds M times its block's mean score (default: 5)")
+    owl.add_argument("--owl-spread", type=float, default=0.08,
+                     help="OWL's lambda: block sparsities spread around --sparsity by up to 2 lambda (default: 0.08)")
     _add_eval_args(p)
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity before and after")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (model, tokenizer, report.json)")
@@ -348,6 +356,7 @@ def check_prune_args(args) -> spec.Options:
         raise UsageError(f"{flags[first]}: {message}" if first in flags else message) from None
     if args.seqlen < 2 and args.method != "magnitude":
         raise UsageError(f"--seqlen must be >= 2, got {args.seqlen}")
+    _check_layer_sparsity_args(args, kind)
     check_device(args.device)
     _check_sources(args)
     check_context(args, context_length(args.model))
@@ -357,6 +366,21 @@ def check_prune_args(args) -> spec.Options:
     # its dequantised output is larger, which the check after loading catches)
     check_free_space(args.out, weights_bytes(args.model), "the size of the model's weight files")
     return options
+
+
+def _check_layer_sparsity_args(args, kind: str) -> None:
+    if getattr(args, "layer_sparsity", "uniform") == "uniform":
+        return
+    if kind != "unstructured":
+        raise UsageError(f"--layer-sparsity owl applies to --pattern unstructured only, got --pattern {args.pattern}")
+    if args.method == "magnitude":
+        raise UsageError("--layer-sparsity owl needs calibration activations; --method magnitude has none")
+    for flag, value in (("--owl-threshold", args.owl_threshold), ("--owl-spread", args.owl_spread)):
+        if not 0 < value < float("inf"):
+            raise UsageError(f"{flag} must be a positive number, got {value}")
+    if not (args.sparsity - 2 * args.owl_spread >= 0 and args.sparsity + 2 * args.owl_spread < 1):
+        raise UsageError(f"--owl-spread {args.owl_spread}: block sparsities can lie anywhere in --sparsity +- 2 x "
+                         f"--owl-spread, which leaves [0, 1) around --sparsity {args.sparsity}")
 
 
 # ----------------------------------------------------------------------------------------- peaks
@@ -609,6 +633,8 @@ def _prune_options(args) -> dict:
         extra["ignore"] = list(args.ignore)
     if args.save_masks:
         extra["keep_masks"] = True
+    if args.layer_sparsity != "uniform":
+        extra.update(layer_sparsity=args.layer_sparsity, owl_threshold=args.owl_threshold, owl_spread=args.owl_spread)
     return extra
 
 
