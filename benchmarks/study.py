@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -313,6 +314,8 @@ def run_study(args) -> int:
     from thanos.assets import load_model
 
     size = SIZES[args.size]
+    if args.block_sizes:
+        size = dataclasses.replace(size, block_sizes=tuple(int(b) for b in args.block_sizes.split(",")))
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else size.seeds
     grid = [c for c in configs(args.study, size, _patterns(args)) if args.only_method in (None, c.method)]
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
@@ -599,6 +602,8 @@ def parse_args(argv):
     p.add_argument("--patterns", default="unstructured,2:4,4:8,structured",
                    help="comma-separated patterns among unstructured (50%%), 2:4, 4:8, structured (30%%)")
     p.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: the size's)")
+    p.add_argument("--block-sizes", default=None,
+                   help="blocksize study: comma-separated block sizes, 0 = the whole layer (default: the size's)")
     p.add_argument("--texts", default="wiki,c4-heldout", help=f"comma-separated evaluation texts among {TEXTS}")
     p.add_argument("--only-method", default=None, help="run only this method's configurations")
     p.add_argument("--device", default="cpu")
@@ -614,6 +619,12 @@ def parse_args(argv):
     for text in args.texts.split(","):
         if text not in TEXTS:
             p.error(f"--texts: unknown text {text!r}; expected some of {list(TEXTS)}")
+    if args.block_sizes:
+        try:
+            if any(int(b) < 0 for b in args.block_sizes.split(",")):
+                raise ValueError
+        except ValueError:
+            p.error(f"--block-sizes must be comma-separated integers >= 0, got {args.block_sizes!r}")
     if args.seeds:
         try:
             [int(s) for s in args.seeds.split(",")]

@@ -13,17 +13,19 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import study
-from thanos import solver
-from thanos.assets import tiny_model
-from thanos.model import decoder_layers, outlier_ratios, owl_sparsities, prune_model
-from thanos.verify import expected_pruned
-
-import tolerances as T
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the repository, not installed
+from benchmarks import study  # noqa: E402
+import tolerances as T  # noqa: E402
+from thanos import solver  # noqa: E402
+from thanos.assets import tiny_model  # noqa: E402
+from thanos.model import decoder_layers, outlier_ratios, owl_sparsities, prune_model  # noqa: E402
+from thanos.verify import expected_pruned  # noqa: E402
 
 
 def _calibration(nsamples=6, seqlen=16, seed=0, vocab=257):

@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1, help="windows per forward (default: 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    zs = p.add_argument_group("zero-shot tasks (lm-evaluation-harness, offline; pip install 'thanos[eval]')")
+    zs.add_argument("--tasks", nargs="+", default=None, metavar="YAML",
+                    help="run the lm-evaluation-harness tasks defined in these local YAML files (or folders of them) "
+                         "instead of the perplexity; datasets must be local files (json, csv, parquet, text, arrow)")
+    zs.add_argument("--limit", type=_positive_int("--limit"), default=None, help="at most this many documents per task")
+    zs.add_argument("--num-fewshot", type=_nonnegative_int("--num-fewshot"), default=None,
+                    help="few-shot examples per prompt (default: the task's own, zero-shot)")
     _add_output_args(p)
 
     from .verify import add_arguments as add_verify_arguments
@@ -730,8 +737,42 @@ def cmd_eval(args) -> int:
     check_device(args.device)
     _check_sources(args)
     check_context(args, context_length(args.model))
+    if args.tasks is not None:
+        from . import zeroshot
+
+        try:
+            for path in zeroshot.task_files(args.tasks):
+                zeroshot.load_task_config(path)
+        except ValueError as err:
+            raise UsageError(f"--{err}") from None
+        try:
+            zeroshot.require_lm_eval()
+        except ValueError as err:
+            raise UsageError(f"--tasks: {err}") from None
+        with _libraries_quiet(args):
+            return _run_tasks(args)
     with _libraries_quiet(args):
         return _run_eval(args)
+
+
+def _run_tasks(args) -> int:
+    from . import zeroshot
+    from .assets import describe_model_source, load_model
+
+    log.info("loading %s", describe_model_source(args.model))
+    model, tokenizer = load_model(args.model)
+    try:
+        out = zeroshot.evaluate(model, tokenizer, args.tasks, device=args.device, batch_size=args.batch_size,
+                                limit=args.limit, num_fewshot=args.num_fewshot)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps(dict(model=describe_model_source(args.model), **out), indent=2))
+    else:
+        for task, metrics in out["results"].items():
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"{task}: {shown} ({out['samples'].get(task, '?')} documents)")
+    return 0
 
 
 def _run_eval(args) -> int:
