@@ -400,16 +400,20 @@ def fmt(mean: float, std: float) -> str:
 
 
 def beats(a: list, b: list) -> str:
-    """Whether mean(a) < mean(b) by more than the seed noise: the difference against the larger
-    of the two standard deviations, and against the std of the per-seed differences (paired by
-    seed: the same calibration windows)."""
+    """Whether mean(a) < mean(b) by more than the seed noise, for runs paired by seed (the same
+    calibration windows): "yes" when the mean difference exceeds the larger of the two standard
+    deviations over seeds, "worse" when it does so the other way, else "within noise". Also shown:
+    the per-seed paired differences, mean ± std."""
     if len(a) < 2 or len(b) < 2:
         return "n/a (fewer than 2 seeds)"
     ma, sa = mean_std(a)
     mb, sb = mean_std(b)
     diff = mb - ma
-    verdict = "yes" if diff > max(sa, sb) else ("worse" if -diff > max(sa, sb) else "within noise")
-    return f"{verdict} ({diff:+.2f}; noise {max(sa, sb):.2f})"
+    noise = max(sa, sb)
+    verdict = "yes" if diff > noise else ("worse" if -diff > noise else "within noise")
+    paired = [y - x for x, y in zip(a, b)]
+    pm, ps = mean_std(paired)
+    return f"{verdict} ({diff:+.2f}; noise {noise:.2f}; paired {pm:+.2f} ± {ps:.2f})"
 
 
 def _label_b(b: int) -> str:
@@ -514,8 +518,9 @@ def plot(records, texts, out_dir: Path) -> list:
                     ax.axhline(m, color="C1", label="SparseGPT (B=128)")
                     if not math.isnan(s):
                         ax.axhspan(m - s, m + s, color="C1", alpha=0.2)
-                ax.set_xscale("log", base=2)
-                ax.set_xticks(xs, [("whole" if x == 4096 else str(x)) for x in xs])
+                if xs:
+                    ax.set_xscale("log", base=2)
+                    ax.set_xticks(xs, [("whole" if x == 4096 else str(x)) for x in xs])
                 ax.set_title(f"{_pattern_label(pattern, sparsity)}, {text}", fontsize=9)
                 ax.set_xlabel("block size B")
                 ax.set_ylabel("perplexity")
@@ -568,8 +573,9 @@ def report(args) -> int:
              f"Tables written by `python -m benchmarks study report --size {args.size}`.", ""]
     some = next(r for r in records if r.get("method") != "dense")
     lines += [f"Sizes: calibration {some['nsamples']} (unless the table says) windows of {some['seqlen']} tokens from the "
-              f"first 90 % of the C4 sample; perplexity over {some['eval_windows']} windows of {some['eval_seqlen']} tokens "
-              f"per text; seeds = calibration seeds.", ""]
+              f"first 90 % of the C4 sample; perplexity over " + ", ".join(f"{n} windows of {some['eval_seqlen']} tokens of {t}"
+              for t, n in some['eval_windows'].items()) + "; seeds = calibration seeds. Prune times: one thread, "
+              f"on a machine shared with other jobs (compare them within a table only).", ""]
     if dense:
         lines += ["Dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense[0]["perplexity"].items()), ""]
     sections = [("Block size", report_blocksize(records, texts)),

@@ -236,3 +236,27 @@ def test_beats_needs_the_difference_above_the_noise():
     assert study.beats([12.0, 12.1, 11.9], [10.0, 10.1, 9.9]).startswith("worse")
     assert study.beats([10.0], [12.0]).startswith("n/a")
     assert json.loads(study.Config("blocksize", "thanos", "2:4", None).key(0, "quick"))[-1] == 0
+
+
+def test_cli_prune_with_owl_reaches_prune_model(tmp_path):
+    """``thanos prune --layer-sparsity owl``: blocks pruned at different sparsities averaging --sparsity."""
+    from thanos import cli, data
+
+    model, tokenizer = tiny_model("llama", seed=3, layers=3)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text(data.read_text(data.default_calibration_path())[:20000])
+    out = tmp_path / "out"
+    rc = cli.main(["prune", "--model", str(folder), "--calibration", str(text), "--nsamples", "4", "--seqlen", "32",
+                   "--block-size", "16", "--layer-sparsity", "owl", "--owl-spread", "0.1", "--no-eval", "--out", str(out),
+                   "--no-progress", "--quiet"])
+    assert rc == 0
+    layers = json.loads((out / "report.json").read_text())["layers"]
+    per_block = {}
+    for layer in layers:
+        per_block.setdefault(layer["block"], []).append(layer["pruned"] / layer["numel"])
+    block_means = [sum(v) / len(v) for _, v in sorted(per_block.items())]
+    assert max(block_means) - min(block_means) > 0.05
+    assert abs(sum(block_means) / len(block_means) - 0.5) < 0.01  # each layer rounds its count down
