@@ -761,11 +761,19 @@ def _run_tasks(args) -> int:
 
     log.info("loading %s", describe_model_source(args.model))
     model, tokenizer = load_model(args.model)
+    saved = os.environ.get("TQDM_DISABLE")
+    if args.no_progress or args.quiet:  # lm-eval's own bars read tqdm's switch
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         out = zeroshot.evaluate(model, tokenizer, args.tasks, device=args.device, batch_size=args.batch_size,
                                 limit=args.limit, num_fewshot=args.num_fewshot)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
     if args.json:
         print(json.dumps(dict(model=describe_model_source(args.model), **out), indent=2))
     else:

@@ -494,7 +494,7 @@ def layer_cost(shape: tuple, method: str) -> float:
 
 
 OWL_THRESHOLD = 5.0  # OWL's M: a weight is an outlier when its score exceeds M times the block's mean score
-OWL_SPREAD = 0.08  # OWL's lambda: block sparsities lie within sparsity +- lambda
+OWL_SPREAD = 0.08  # OWL's lambda: block sparsities are spread over at most 2 lambda around the sparsity
 
 
 def owl_sparsities(outlier_ratios: Sequence[float], sparsity: float, spread: float = OWL_SPREAD) -> list:
