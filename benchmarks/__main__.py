@@ -1,10 +1,10 @@
-"""``python -m benchmarks speed|quality [options]``: run one benchmark, write JSON (and PNG)."""
+"""``python -m benchmarks speed|quality|scale|study [options]``: run one benchmark, write JSON (and PNG)."""
 
 import sys
 from importlib import import_module
 
 _BENCHMARKS = {"speed": "benchmarks.speed", "quality": "benchmarks.quality", "scale": "benchmarks.scale",
-               "breakdown": "benchmarks.breakdown"}
+               "breakdown": "benchmarks.breakdown", "study": "benchmarks.study"}
 
 
 def main(argv=None) -> int:

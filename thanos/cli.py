@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave dense the Linear modules whose full name matches one of these fnmatch patterns")
     p.add_argument("--save-masks", action="store_true",
                    help="also write masks.safetensors: each pruned module's boolean mask (True = pruned), keyed by module name")
+    owl = p.add_argument_group("non-uniform block sparsity (outlier-weighted, as OWL; unstructured only)")
+    owl.add_argument("--layer-sparsity", default="uniform", choices=("uniform", "owl"),
+                     help="every decoder block at --sparsity (uniform, the default), or OWL's outlier-weighted block "
+                          "sparsities averaging --sparsity (blocks with more outlier weights pruned less)")
+    owl.add_argument("--owl-threshold", type=float, default=5.0,
+                     help="OWL's M: an outlier's score exceeds M times its block's mean score (default: 5)")
+    owl.add_argument("--owl-spread", type=float, default=0.08,
+                     help="OWL's lambda: block sparsities spread around --sparsity by up to 2 lambda (default: 0.08)")
     _add_eval_args(p)
     p.add_argument("--no-eval", action="store_true", help="skip the perplexity before and after")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (model, tokenizer, report.json)")
@@ -165,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(p)
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=1, help="windows per forward (default: 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    zs = p.add_argument_group("zero-shot tasks (lm-evaluation-harness, offline; pip install 'thanos[eval]')")
+    zs.add_argument("--tasks", nargs="+", default=None, metavar="YAML",
+                    help="run the lm-evaluation-harness tasks defined in these local YAML files (or folders of them) "
+                         "instead of the perplexity; datasets must be local files (json, csv, parquet, text, arrow)")
+    zs.add_argument("--limit", type=_positive_int("--limit"), default=None, help="at most this many documents per task")
+    zs.add_argument("--num-fewshot", type=_nonnegative_int("--num-fewshot"), default=None,
+                    help="few-shot examples per prompt (default: the task's own, zero-shot)")
     _add_output_args(p)
 
     from .verify import add_arguments as add_verify_arguments
@@ -347,6 +362,7 @@ def check_prune_args(args) -> spec.Options:
         raise UsageError(f"{flags[first]}: {message}" if first in flags else message) from None
     if args.seqlen < 2 and args.method != "magnitude":
         raise UsageError(f"--seqlen must be >= 2, got {args.seqlen}")
+    _check_layer_sparsity_args(args, kind)
     check_device(args.device)
     _check_sources(args)
     check_context(args, context_length(args.model))
@@ -356,6 +372,21 @@ def check_prune_args(args) -> spec.Options:
     # its dequantised output is larger, which the check after loading catches)
     check_free_space(args.out, weights_bytes(args.model), "the size of the model's weight files")
     return options
+
+
+def _check_layer_sparsity_args(args, kind: str) -> None:
+    if getattr(args, "layer_sparsity", "uniform") == "uniform":
+        return
+    if kind != "unstructured":
+        raise UsageError(f"--layer-sparsity owl applies to --pattern unstructured only, got --pattern {args.pattern}")
+    if args.method == "magnitude":
+        raise UsageError("--layer-sparsity owl needs calibration activations; --method magnitude has none")
+    for flag, value in (("--owl-threshold", args.owl_threshold), ("--owl-spread", args.owl_spread)):
+        if not 0 < value < float("inf"):
+            raise UsageError(f"{flag} must be a positive number, got {value}")
+    if not (args.sparsity - 2 * args.owl_spread >= 0 and args.sparsity + 2 * args.owl_spread < 1):
+        raise UsageError(f"--owl-spread {args.owl_spread}: block sparsities can lie anywhere in --sparsity +- 2 x "
+                         f"--owl-spread, which leaves [0, 1) around --sparsity {args.sparsity}")
 
 
 # ----------------------------------------------------------------------------------------- peaks
@@ -639,7 +670,8 @@ def _run_prune(args) -> int:
                          block_size=args.block_size, alpha=args.alpha, percdamp=args.percdamp, device=args.device,
                          compute_dtype=compute_dtype, batch_size=args.batch_size, progress=progress,
                          on_block=on_block, targets=args.targets, ignore=args.ignore,
-                         keep_masks=args.save_masks)
+                         keep_masks=args.save_masks, layer_sparsity=args.layer_sparsity, owl_threshold=args.owl_threshold,
+                         owl_spread=args.owl_spread)
     log.info("pruned %d layers to sparsity %.4f in %.1f s", len(result.layers), result.achieved_sparsity, result.seconds)
     if windows is not None:
         after = data.perplexity(model, windows, device=args.device, progress=progress)
@@ -687,8 +719,50 @@ def cmd_eval(args) -> int:
     check_device(args.device)
     _check_sources(args)
     check_context(args, context_length(args.model))
+    if args.tasks is not None:
+        from . import zeroshot
+
+        try:
+            for path in zeroshot.task_files(args.tasks):
+                zeroshot.load_task_config(path)
+        except ValueError as err:
+            raise UsageError(f"--{err}") from None
+        try:
+            zeroshot.require_lm_eval()
+        except ValueError as err:
+            raise UsageError(f"--tasks: {err}") from None
+        with _libraries_quiet(args):
+            return _run_tasks(args)
     with _libraries_quiet(args):
         return _run_eval(args)
+
+
+def _run_tasks(args) -> int:
+    from . import zeroshot
+    from .assets import describe_model_source, load_model
+
+    log.info("loading %s", describe_model_source(args.model))
+    model, tokenizer = load_model(args.model)
+    saved = os.environ.get("TQDM_DISABLE")
+    if args.no_progress or args.quiet:  # lm-eval's own bars read tqdm's switch
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        out = zeroshot.evaluate(model, tokenizer, args.tasks, device=args.device, batch_size=args.batch_size,
+                                limit=args.limit, num_fewshot=args.num_fewshot)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
+    if args.json:
+        print(json.dumps(dict(model=describe_model_source(args.model), **out), indent=2))
+    else:
+        for task, metrics in out["results"].items():
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"{task}: {shown} ({out['samples'].get(task, '?')} documents)")
+    return 0
 
 
 def _run_eval(args) -> int:

@@ -89,6 +89,7 @@ class ModelPruneResult:
     seconds: float = 0.0
     peak_device_memory_mib: Optional[float] = None
     peak_block_memory_mib: float = 0.0
+    block_sparsity: list = field(default_factory=list)
     layers: list = field(default_factory=list)
     masks: dict = field(default_factory=dict)
 
@@ -486,6 +487,90 @@ def layer_cost(shape: tuple, method: str) -> float:
     return float(c) * b * b + float(b) ** 3 if method in ("thanos", "sparsegpt") else float(c) * b
 
 
+OWL_THRESHOLD = 5.0  # OWL's M: a weight is an outlier when its score exceeds M times the block's mean score
+OWL_SPREAD = 0.08  # OWL's lambda: block sparsities are spread over at most 2 lambda around the sparsity
+
+
+def owl_sparsities(outlier_ratios: Sequence[float], sparsity: float, spread: float = OWL_SPREAD) -> list:
+    """OWL's block sparsities (Yin et al. 2024, "Outlier Weighed Layerwise Sparsity"): the blocks'
+    outlier ratios D are mapped linearly onto [0, 2 spread]; block l gets ``sparsity - (D'_l -
+    mean D')``, so the mean over blocks is ``sparsity`` and the block with the most outliers is pruned
+    least. Equal ratios give the uniform sparsity."""
+    ratios = [float(r) for r in outlier_ratios]
+    low, high = min(ratios), max(ratios)
+    if high == low:
+        return [float(sparsity)] * len(ratios)
+    scaled = [(r - low) / (high - low) * 2 * spread for r in ratios]
+    mean = sum(scaled) / len(scaled)
+    return [float(sparsity) - (d - mean) for d in scaled]
+
+
+@torch.no_grad()
+def outlier_ratios(model: nn.Module, calibration: torch.Tensor, *, selection: Optional[list] = None, device=None,
+                   batch_size: int = 8, threshold: float = OWL_THRESHOLD) -> list:
+    """Per decoder block, the fraction of its selected weights whose Wanda score |W_ij| ||X_j|| is
+    above ``threshold`` times the mean score over the block (OWL's layerwise outlier distribution),
+    from the *dense* model's activations on ``calibration`` (one forward pass, block by block)."""
+    layers = decoder_layers(model)
+    device = torch.device(device) if device is not None else _model_device(model)
+    selection = selection if selection is not None else [dict.fromkeys(block_linears(b)) for b in layers]
+    batches = calibration_batches(int(calibration.shape[0]), batch_size)
+    inputs = capture_block_inputs(model, calibration, batches, device=device)
+    ratios = []
+    from .offload import onloaded
+
+    for i, block in enumerate(layers):
+        linears = {name: lin for name, lin in block_linears(block).items() if name in selection[i]}
+        with onloaded(block, device, dirty=[]):
+            squares: dict = {}
+
+            def hook(name):
+                def record(_module, args, _output):
+                    x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+                    squares[name] = squares.get(name, 0) + (x * x).sum(0)
+                return record
+
+            hooks = [lin.register_forward_hook(hook(name)) for name, lin in linears.items()]
+            try:
+                outputs = forward_block(block, inputs, what=f"the outputs of decoder block {i}")
+            finally:
+                for h in hooks:
+                    h.remove()
+            scores = [(lin.weight.detach().to(torch.float64).abs() * squares[name].sqrt()).reshape(-1)
+                      for name, lin in linears.items() if name in squares]
+            if scores:
+                flat = torch.cat(scores)
+                ratios.append(float((flat > threshold * flat.mean()).sum()) / flat.numel())
+            else:
+                ratios.append(0.0)
+        inputs = outputs
+    return ratios
+
+
+def _check_layer_sparsity(layer_sparsity, blocks: int, pattern: str, method: str) -> None:
+    if layer_sparsity is None or (isinstance(layer_sparsity, str) and layer_sparsity in ("uniform", "owl")):
+        if layer_sparsity == "owl" and spec.parse_pattern(pattern)[0] != "unstructured":
+            raise ValueError(f"layer_sparsity='owl' applies to the unstructured pattern only (N:M fixes every block's "
+                             f"sparsity, structured removes whole columns), got pattern {pattern!r}")
+        if layer_sparsity == "owl" and method == "magnitude":
+            raise ValueError("layer_sparsity='owl' needs calibration activations; method 'magnitude' has none")
+        return
+    if isinstance(layer_sparsity, str):
+        raise ValueError(f"layer_sparsity must be 'uniform', 'owl' or a sequence of one sparsity per decoder block, "
+                         f"got {layer_sparsity!r}")
+    try:
+        values = [float(v) for v in layer_sparsity]
+    except (TypeError, ValueError):
+        raise ValueError(f"layer_sparsity must be 'uniform', 'owl' or a sequence of numbers, got {layer_sparsity!r}") from None
+    if len(values) != blocks:
+        raise ValueError(f"layer_sparsity has {len(values)} entries; the model has {blocks} decoder blocks")
+    if spec.parse_pattern(pattern)[0] == "N:M":
+        raise ValueError(f"layer_sparsity per block does not apply to an N:M pattern ({pattern!r} fixes the sparsity)")
+    bad = [v for v in values if not 0.0 <= v < 1.0]
+    if bad:
+        raise ValueError(f"layer_sparsity entries must lie in [0, 1), got {bad}")
+
+
 def prune_model(
     model: nn.Module,
     calibration: Optional[torch.Tensor] = None,
@@ -506,6 +591,9 @@ def prune_model(
     ignore: Optional[Sequence[str]] = None,
     keep_masks: bool = False,
     process_group: Any = None,
+    layer_sparsity: Union[None, str, Sequence[float]] = None,
+    owl_threshold: float = OWL_THRESHOLD,
+    owl_spread: float = OWL_SPREAD,
 ) -> ModelPruneResult:
     """Prune the ``nn.Linear`` layers inside the decoder blocks of ``model`` in place, block by block.
 
@@ -525,6 +613,10 @@ def prune_model(
     rank): windows split across ranks, linears pruned in parallel, every rank ends with the same
     model. Every argument is checked before any work. Deterministic: the same model and
     calibration give the same pruned model (at a fixed thread count), whatever the rank count.
+    layer_sparsity: None or ``"uniform"`` (every block at ``sparsity``), ``"owl"`` (outlier-weighted
+    block sparsities, unstructured only: ``owl_sparsities(outlier_ratios(...))`` from a dense pass
+    over the calibration windows, with ``owl_threshold`` (OWL's M) and ``owl_spread`` (OWL's lambda);
+    the mean over blocks is ``sparsity``) or one sparsity per decoder block.
     """
     from tqdm.auto import tqdm
 
@@ -539,6 +631,14 @@ def prune_model(
     selection = select_linears(model, targets, ignore)
     check_model_arguments(model, method=method, pattern=pattern, sparsity=sparsity, block_size=block_size,
                           alpha=alpha, percdamp=percdamp, selection=selection)
+    _check_layer_sparsity(layer_sparsity, len(layers), pattern, method)
+    if layer_sparsity == "owl":
+        for name, value in (("owl_threshold", owl_threshold), ("owl_spread", owl_spread)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not value < float("inf"):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not sparsity - 2 * owl_spread >= 0.0 or not sparsity + 2 * owl_spread < 1.0:
+            raise ValueError(f"owl_spread {owl_spread}: block sparsities can lie anywhere in sparsity +- 2 owl_spread, "
+                             f"which leaves [0, 1) around sparsity {sparsity}")
     needs_data = method != "magnitude"
     if needs_data:
         if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.numel() == 0:
@@ -580,6 +680,14 @@ def prune_model(
     try:
         all_batches = calibration_batches(int(calibration.shape[0]), batch_size) if needs_data else []
         mine = all_batches[rank::world]  # round-robin: round j holds batches j*world .. j*world + world - 1
+        block_sparsity = [sparsity] * len(layers)
+        if layer_sparsity == "owl":  # every rank runs the whole calibration set: the same sparsities everywhere
+            block_sparsity = owl_sparsities(outlier_ratios(model, calibration, selection=selection, device=device,
+                                                           batch_size=batch_size, threshold=owl_threshold),
+                                            sparsity, owl_spread)
+        elif layer_sparsity is not None and not isinstance(layer_sparsity, str):
+            block_sparsity = [float(v) for v in layer_sparsity]
+        result.block_sparsity = list(block_sparsity)
         inputs = capture_block_inputs(model, calibration, mine, device=device) if needs_data else []
         exchange = distributed.Exchange(group, all_batches, calibration.shape[1] if needs_data else 0) if world > 1 else None
         last = max(i for i, chosen in enumerate(selection) if chosen)  # blocks after it are left as they are
@@ -607,7 +715,7 @@ def prune_model(
                         continue
                     acc = accumulators.get(name)
                     H = acc.hessian if acc is not None else None
-                    res, seconds = prune_linear(linear, H, solver=solver, device=device)
+                    res, seconds = prune_linear(linear, H, solver=dict(solver, sparsity=block_sparsity[i]), device=device)
                     pruned = int(res.mask.sum())
                     records[name] = (LayerResult(
                         name=f"{prefix}.{i}.{name}", block=i, shape=tuple(linear.weight.shape), pruned=pruned,

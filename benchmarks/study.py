@@ -1,0 +1,655 @@
+"""``python -m benchmarks study STUDY [--quick] [options]``: quality studies on SmolLM2-135M.
+
+Studies (issue 10), each a grid of pruning runs of the whole model, every run evaluated by
+perplexity on several texts, every configuration repeated over calibration seeds:
+
+- ``blocksize``: Thanos at block sizes B (and the whole layer) against SparseGPT (B = 128) at 50 %
+  unstructured, 2:4, 4:8 (and structured 30 %, which has no B);
+- ``metric``: the score inside Thanos (psi = |W| ||X||, |W|, SparseGPT's w^2 / [H^-1]_jj), the
+  same update;
+- ``alpha``: Thanos alpha in 0..0.3 at structured 30 % (alpha compensated: equal achieved
+  sparsity) and 2:4 (alpha rows dense: lower achieved sparsity, reported next to it);
+- ``calibration``: the number of calibration windows;
+- ``owl``: uniform against outlier-weighted (OWL) block sparsity at 50 % and 70 %;
+- ``runtime``: seconds per pipeline stage and solver step, and peak memory, per method;
+- ``report``: tables (mean +- std over seeds) into ``benchmarks/README.md`` and PNG plots, from
+  the recorded runs.
+
+Every run is appended as one JSON line to ``benchmarks/results/study-<size>.jsonl`` (``size`` =
+``quick`` or ``full``) as soon as it finishes; a study started again skips the runs already
+recorded, so a long study can be stopped and resumed.
+
+Texts: calibration windows are drawn (seeded) from the first 90 % of the tokens of exllamav3's
+C4 sample; evaluation on the Wikipedia sample (``wiki``), on the last 10 % of the C4 sample
+(``c4-heldout``, never drawn from by calibration) and, with ``--texts``, on the other samples that
+ship in the same folder (``code``, ``technical``, ``multilingual``, ``tiny``: TinyStories).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see thanos/cli.py
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+
+WHOLE = 0  # block size label for "the whole layer" (B >= every layer's input width)
+CALIBRATION_SHARE = 0.9  # calibration draws from the first 90 % of the C4 sample's tokens
+TEXTS = ("wiki", "c4-heldout", "code", "technical", "multilingual", "tiny")
+STUDIES = ("blocksize", "metric", "alpha", "calibration", "owl", "runtime")
+METRICS = ("psi", "magnitude", "sparsegpt")
+
+
+@dataclass(frozen=True)
+class Size:
+    """One study size: calibration windows x tokens, evaluation windows x tokens per text, seeds."""
+
+    nsamples: int
+    seqlen: int
+    eval_windows: int
+    eval_seqlen: int
+    seeds: tuple
+    block_sizes: tuple
+    alphas: tuple
+    calibration_counts: tuple
+
+
+SIZES = {
+    # minutes per run on one CPU thread: for a 2-core machine shared with others
+    "quick": Size(nsamples=32, seqlen=256, eval_windows=8, eval_seqlen=512, seeds=(0, 1, 2),
+                  block_sizes=(128, 512, WHOLE), alphas=(0.0, 0.1, 0.3), calibration_counts=(16, 32, 64)),
+    # the issue's sizes: hours on a CPU
+    "full": Size(nsamples=128, seqlen=512, eval_windows=40, eval_seqlen=512, seeds=(0, 1, 2, 3, 4),
+                 block_sizes=(32, 64, 128, 256, 512, 1024, WHOLE), alphas=(0.0, 0.05, 0.1, 0.2, 0.3),
+                 calibration_counts=(16, 32, 64, 128, 256)),
+}
+
+PATTERN_SPARSITY = {"unstructured": 0.5, "2:4": None, "4:8": None, "structured": 0.3}
+
+
+# ------------------------------------------------------------------------------- configurations
+@dataclass(frozen=True)
+class Config:
+    """One pruning run (before the seed)."""
+
+    study: str
+    method: str
+    pattern: str
+    sparsity: Optional[float]
+    block_size: int = 128
+    alpha: float = 0.0
+    metric: str = "psi"
+    layer_sparsity: str = "uniform"
+    nsamples: Optional[int] = None  # None: the size's default
+
+    def key(self, seed: int, size: str) -> str:
+        return json.dumps([size, self.study, self.method, self.pattern, self.sparsity, self.block_size, self.alpha,
+                           self.metric, self.layer_sparsity, self.nsamples, seed])
+
+
+def _patterns(args) -> list:
+    return args.patterns.split(",")
+
+
+def configs(study: str, size: Size, patterns: list) -> list:
+    """The grid of one study (seeds apart)."""
+    out = []
+    if study == "blocksize":
+        for pattern in patterns:
+            sp = PATTERN_SPARSITY[pattern]
+            out.append(Config(study, "sparsegpt", pattern, sp, 128))
+            if pattern == "structured":  # Thanos structured removes whole columns at once: no B
+                out.append(Config(study, "thanos", pattern, sp, 128))
+                continue
+            out += [Config(study, "thanos", pattern, sp, b) for b in size.block_sizes]
+    elif study == "metric":
+        for pattern in patterns:
+            if pattern == "structured":
+                continue
+            out += [Config(study, "thanos", pattern, PATTERN_SPARSITY[pattern], metric=m) for m in METRICS]
+    elif study == "alpha":
+        for pattern in patterns:
+            if pattern == "unstructured":
+                continue  # alpha applies to structured and N:M
+            sp = PATTERN_SPARSITY[pattern]
+            out += [Config(study, "thanos", pattern, sp, alpha=a) for a in size.alphas]
+            out.append(Config(study, "sparsegpt", pattern, sp))
+            if pattern != "structured":  # N:M with alpha rows dense prunes less: compare at its achieved sparsity
+                for a in size.alphas:
+                    if a > 0:
+                        out.append(Config(study, "thanos", "unstructured", round(0.5 * (1 - a), 6)))
+                        out.append(Config(study, "sparsegpt", "unstructured", round(0.5 * (1 - a), 6)))
+    elif study == "calibration":
+        for pattern in patterns:
+            sp = PATTERN_SPARSITY[pattern]
+            for n in size.calibration_counts:
+                out += [Config(study, m, pattern, sp, nsamples=n) for m in ("thanos", "sparsegpt")]
+    elif study == "owl":
+        for sp in (0.5, 0.7):
+            for method in ("thanos", "sparsegpt", "wanda"):
+                out += [Config(study, method, "unstructured", sp, layer_sparsity=ls) for ls in ("uniform", "owl")]
+    elif study == "runtime":
+        for pattern in patterns:
+            sp = PATTERN_SPARSITY[pattern]
+            for method in ("thanos", "sparsegpt", "wanda", "magnitude"):
+                out.append(Config(study, method, pattern, sp))
+    else:
+        raise ValueError(f"unknown study {study!r}; expected one of {STUDIES}")
+    return out
+
+
+# ----------------------------------------------------------------------------------- the metric
+@contextlib.contextmanager
+def thanos_metric(metric: str):
+    """Swap the score Thanos ranks weights by (benchmark only; ``thanos.prune`` itself is not changed).
+
+    Thanos' mask (unstructured and N:M) ranks ``|W_ij| * norms_j`` with ``norms_j = ||X_j||``
+    (psi, the paper's). ``magnitude``: ``norms_j = 1`` (|W|). ``sparsegpt``: ``norms_j =
+    1 / U_jj`` with U the upper Cholesky factor of the damped H^-1 (``[H^-1]_jj`` as SparseGPT
+    reads it: the inverse of the trailing H, at the column's turn), so that the ranking is
+    SparseGPT's w^2 / [H^-1]_jj. Everything else (the update, the counts) is Thanos' own code."""
+    from thanos import solver
+
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "psi":
+        yield
+        return
+    original = solver._thanos_blocks
+
+    def patched(Wk, U, Hdamped, norms, rows, opts, mask, budget, dead):
+        if metric == "magnitude":
+            scale = norms.new_ones(norms.shape)
+        else:
+            scale = 1.0 / U.diagonal()
+        return original(Wk, U, Hdamped, scale, rows, opts, mask, budget, dead)
+
+    solver._thanos_blocks = patched
+    try:
+        yield
+    finally:
+        solver._thanos_blocks = original
+
+
+# ------------------------------------------------------------------------------ runtime per step
+class StepTimer:
+    """Wall seconds per named step, by wrapping module functions for the duration of a run."""
+
+    PIPELINE = ("capture_block_inputs", "accumulate_hessians", "prune_linear", "forward_block")
+    SOLVER = (("K", "damped_factor", "factorisation"), ("K", "global_residual_mask", "mask"), ("K", "n_m_mask", "mask"),
+              ("solver", "_solve_rows", "per-row solves"), ("K", "smallest_per_row", "mask"),
+              ("K", "smallest_columns", "mask"), ("solver", "_sparsegpt", "sparsegpt column loop"),
+              ("solver", "_thanos_structured", "structured solve"))
+
+    def __init__(self):
+        self.seconds: dict = {}
+        self._restore: list = []
+
+    def _wrap(self, module, name, label):
+        original = getattr(module, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(module, name, timed)
+        self._restore.append((module, name, original))
+
+    def __enter__(self):
+        from thanos import _kernels, model, solver
+
+        for name in self.PIPELINE:
+            self._wrap(model, name, name)
+        modules = {"K": _kernels, "solver": solver}
+        for where, name, label in self.SOLVER:
+            self._wrap(modules[where], name, label)
+        return self
+
+    def __exit__(self, *exc):
+        for module, name, original in reversed(self._restore):
+            setattr(module, name, original)
+        self._restore.clear()
+
+    def breakdown(self) -> dict:
+        """Seconds per step; ``GEMMs and rest of the solver`` = prune_linear minus the steps inside it."""
+        out = dict(self.seconds)
+        inside = sum(v for k, v in out.items() if k not in self.PIPELINE)
+        out["GEMMs and rest of the solver"] = max(0.0, out.get("prune_linear", 0.0) - inside)
+        return out
+
+
+# ------------------------------------------------------------------------------------ the runs
+def load_texts(tokenizer, names, eval_windows: int, eval_seqlen: int):
+    """(calibration tokens, {text name: evaluation windows})."""
+    from thanos import data
+
+    c4 = data.calibration_tokens(tokenizer)
+    split = int(c4.numel() * CALIBRATION_SHARE)
+    windows = {}
+    for name in names:
+        if name == "wiki":
+            tokens = data.eval_tokens(tokenizer)
+        elif name == "c4-heldout":
+            tokens = c4[split:]
+        else:
+            tokens = data.tokenize(tokenizer, data.read_text(data.standard_text(f"{name}.utf8")))
+        windows[name] = data.eval_windows(tokens, eval_seqlen, eval_windows)
+    return c4[:split], windows
+
+
+def run_one(model, config: Config, seed: int, size: Size, calibration_tokens, windows: dict, *, device="cpu",
+            progress=False) -> dict:
+    """Prune a copy of ``model`` as ``config`` says and evaluate it on every text: one record."""
+    from thanos import data
+    from thanos.model import prune_model
+
+    nsamples = config.nsamples or size.nsamples
+    calibration = data.random_windows(calibration_tokens, nsamples, size.seqlen, seed)
+    pruned = copy.deepcopy(model)
+    timer = StepTimer() if config.study == "runtime" else contextlib.nullcontext()
+    extra = {} if config.layer_sparsity == "uniform" else {"layer_sparsity": config.layer_sparsity}
+    with thanos_metric(config.metric), timer:
+        result = prune_model(pruned, None if config.method == "magnitude" else calibration, method=config.method,
+                             pattern=config.pattern, sparsity=config.sparsity,
+                             block_size=config.block_size or max_input_width(model), alpha=config.alpha,
+                             device=device, progress=progress, **extra)
+    record = dict(
+        config.__dict__, seed=seed, nsamples=nsamples, seqlen=size.seqlen,
+        achieved_sparsity=result.achieved_sparsity, seconds=result.seconds,
+        solver_seconds=sum(layer.seconds for layer in result.layers),
+        perplexity={name: data.perplexity(pruned, w, device=device).value for name, w in windows.items()},
+        eval_windows={name: int(w.shape[0]) for name, w in windows.items()}, eval_seqlen=size.eval_seqlen,
+    )
+    if config.study == "runtime":
+        record["steps"] = timer.breakdown()
+        record["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return record
+
+
+def max_input_width(model) -> int:
+    from thanos.model import block_linears, decoder_layers
+
+    return max(lin.in_features for block in decoder_layers(model) for lin in block_linears(block).values())
+
+
+def read_records(path: Path) -> list:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+def record_key(r: dict, size: str) -> str:
+    return Config(r["study"], r["method"], r["pattern"], r["sparsity"], r["block_size"], r["alpha"], r["metric"],
+                  r["layer_sparsity"], r["nsamples_requested"]).key(r["seed"], size)
+
+
+def run_study(args) -> int:
+    import torch
+
+    from thanos.assets import load_model
+
+    size = SIZES[args.size]
+    if args.block_sizes:
+        size = dataclasses.replace(size, block_sizes=tuple(int(b) for b in args.block_sizes.split(",")))
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else size.seeds
+    grid = [c for c in configs(args.study, size, _patterns(args)) if args.only_method in (None, c.method)]
+    out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
+    done = {record_key(r, args.size) for r in read_records(out) if r.get("method") != "dense"}
+    todo = [(c, s) for s in seeds for c in grid if c.key(s, args.size) not in done]
+    print(f"study {args.study} ({args.size}): {len(grid)} configurations x {len(seeds)} seeds, "
+          f"{len(todo)} runs to do, recording to {out}", flush=True)
+    if args.dry_run:
+        for c, s in todo:
+            print(f"  {c} seed={s}")
+        return 0
+    if not todo:
+        return 0
+    if args.study == "runtime" and not args.in_process:
+        return _runtime_in_children(args, todo, out)
+    model, tokenizer = (args.loader or load_model)()
+    texts = args.texts.split(",")
+    calibration_tokens, windows = load_texts(tokenizer, texts, size.eval_windows, size.eval_seqlen)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not any(r.get("method") == "dense" for r in read_records(out)):
+        dense = {name: _dense_perplexity(model, w, args.device) for name, w in windows.items()}
+        _append(out, dict(study="dense", method="dense", perplexity=dense, eval_seqlen=size.eval_seqlen,
+                          eval_windows={n: int(w.shape[0]) for n, w in windows.items()}))
+    for i, (config, seed) in enumerate(todo, 1):
+        record = run_one(model, config, seed, size, calibration_tokens, windows, device=args.device,
+                         progress=not args.no_progress)
+        record.update(size=args.size, nsamples_requested=config.nsamples, threads=torch.get_num_threads(),
+                      machine=f"{platform.machine()} CPU", date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      command=args.command)
+        _append(out, record)
+        ppl = "  ".join(f"{n} {v:.2f}" for n, v in record["perplexity"].items())
+        print(f"[{i}/{len(todo)}] {config.method} {config.pattern} B={config.block_size} alpha={config.alpha} "
+              f"metric={config.metric} {config.layer_sparsity} n={record['nsamples']} seed={seed}: {ppl}  "
+              f"sparsity {record['achieved_sparsity']:.4f}  {record['seconds']:.0f} s", flush=True)
+    return 0
+
+
+def _dense_perplexity(model, windows, device):
+    from thanos import data
+
+    return data.perplexity(model, windows, device=device).value
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _runtime_in_children(args, todo, out) -> int:
+    """Peak memory per method needs a fresh process per run: run each in a child."""
+    for config, seed in todo:
+        cmd = [sys.executable, "-m", "benchmarks", "study", "runtime", "--in-process", "--size", args.size,
+               "--patterns", config.pattern, "--seeds", str(seed), "--only-method", config.method,
+               "--texts", args.texts, "--out", str(out), "--no-progress", "--device", args.device]
+        subprocess.run(cmd, check=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ reporting
+def mean_std(values: list) -> tuple:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+
+def group(records: list, study: str) -> dict:
+    """{config tuple: [records over seeds]} for one study."""
+    out: dict = {}
+    for r in records:
+        if r.get("study") != study:
+            continue
+        key = (r["method"], r["pattern"], r["sparsity"], r["block_size"], r["alpha"], r["metric"], r["layer_sparsity"],
+               r["nsamples"])
+        out.setdefault(key, []).append(r)
+    return out
+
+
+def fmt(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def beats(a: list, b: list) -> str:
+    """Whether mean(a) < mean(b) by more than the seed noise, for runs paired by seed (the same
+    calibration windows): "yes" when the mean difference exceeds the larger of the two standard
+    deviations over seeds, "worse" when it does so the other way, else "within noise". Also shown:
+    the per-seed paired differences, mean ± std."""
+    if len(a) < 2 or len(b) < 2:
+        return "n/a (fewer than 2 seeds)"
+    ma, sa = mean_std(a)
+    mb, sb = mean_std(b)
+    diff = mb - ma
+    noise = max(sa, sb)
+    verdict = "yes" if diff > noise else ("worse" if -diff > noise else "within noise")
+    paired = [y - x for x, y in zip(a, b)]
+    pm, ps = mean_std(paired)
+    return f"{verdict} ({diff:+.2f}; noise {noise:.2f}; paired {pm:+.2f} ± {ps:.2f})"
+
+
+def _label_b(b: int) -> str:
+    return "whole" if b == WHOLE else str(b)
+
+
+def _pattern_label(pattern, sparsity):
+    if pattern == "unstructured":
+        return f"{sparsity * 100:g}% unstructured"
+    if pattern == "structured":
+        return f"structured {sparsity * 100:g}%"
+    return pattern
+
+
+def report_blocksize(records, texts) -> list:
+    groups = group(records, "blocksize")
+    lines = []
+    patterns = sorted({(k[1], k[2]) for k in groups}, key=lambda p: list(PATTERN_SPARSITY).index(p[0]))
+    for pattern, sparsity in patterns:
+        lines += [f"**{_pattern_label(pattern, sparsity)}** (perplexity, mean ± std over seeds; "
+                  f"'beats SparseGPT' = the difference exceeds the larger std)", "",
+                  "| method | B | seeds | " + " | ".join(texts) + " | " +
+                  " | ".join(f"beats SparseGPT on {t}" for t in texts) + " | prune time (s) |",
+                  "|---|---|---:|" + "---:|" * len(texts) + "---|" * len(texts) + "---:|"]
+        base = [v for k, v in groups.items() if k[0] == "sparsegpt" and k[1] == pattern]
+        base = base[0] if base else []
+        rows = sorted([(k, v) for k, v in groups.items() if k[1] == pattern],
+                      key=lambda kv: (kv[0][0] != "sparsegpt", kv[0][3] or 10**6))
+        for k, runs in rows:
+            cells = [fmt(*mean_std([r["perplexity"][t] for r in runs if t in r["perplexity"]])) for t in texts]
+            verdicts = ["-" if k[0] == "sparsegpt" else
+                        beats(*_paired(runs, base, t)) for t in texts]
+            seconds = statistics.fmean(r["seconds"] for r in runs)
+            lines.append(f"| {k[0]} | {_label_b(k[3])} | {len(runs)} | " + " | ".join(cells) + " | "
+                         + " | ".join(verdicts) + f" | {seconds:.0f} |")
+        lines.append("")
+    return lines
+
+
+def _paired(a_runs, b_runs, text):
+    seeds = {r["seed"] for r in a_runs} & {r["seed"] for r in b_runs}
+    a = [r["perplexity"][text] for r in sorted(a_runs, key=lambda r: r["seed"]) if r["seed"] in seeds and text in r["perplexity"]]
+    b = [r["perplexity"][text] for r in sorted(b_runs, key=lambda r: r["seed"]) if r["seed"] in seeds and text in r["perplexity"]]
+    return a, b
+
+
+def report_generic(records, texts, study, columns) -> list:
+    groups = group(records, study)
+    if not groups:
+        return []
+    names = {"method": 0, "pattern": 1, "sparsity": 2, "B": 3, "alpha": 4, "metric": 5, "layer sparsity": 6, "calibration windows": 7}
+    lines = ["| " + " | ".join(columns) + " | seeds | achieved sparsity | " + " | ".join(texts) + " | prune time (s) |",
+             "|" + "---|" * len(columns) + "---:|---:|" + "---:|" * len(texts) + "---:|"]
+    for k, runs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        cells = []
+        for c in columns:
+            v = k[names[c]]
+            cells.append(_pattern_label(k[1], k[2]) if c == "pattern" else (_label_b(v) if c == "B" else str(v)))
+        ppl = [fmt(*mean_std([r["perplexity"][t] for r in runs if t in r["perplexity"]])) for t in texts]
+        lines.append("| " + " | ".join(cells) + f" | {len(runs)} | {statistics.fmean(r['achieved_sparsity'] for r in runs):.4f} | "
+                     + " | ".join(ppl) + f" | {statistics.fmean(r['seconds'] for r in runs):.0f} |")
+    return lines + [""]
+
+
+def report_runtime(records) -> list:
+    runs = [r for r in records if r.get("study") == "runtime" and "steps" in r]
+    if not runs:
+        return []
+    steps = sorted({s for r in runs for s in r["steps"]})
+    lines = ["| method | pattern | total (s) | " + " | ".join(steps) + " | peak RSS (MiB) |",
+             "|---|---|---:|" + "---:|" * len(steps) + "---:|"]
+    for r in runs:
+        lines.append(f"| {r['method']} | {_pattern_label(r['pattern'], r['sparsity'])} | {r['seconds']:.1f} | "
+                     + " | ".join(f"{r['steps'].get(s, 0.0):.1f}" for s in steps) + f" | {r['max_rss_mib']:.0f} |")
+    return lines + [""]
+
+
+def plot(records, texts, out_dir: Path) -> list:
+    """PNG plots: perplexity against B per pattern (Thanos, SparseGPT as a band), per text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    groups = group(records, "blocksize")
+    patterns = sorted({(k[1], k[2]) for k in groups}, key=lambda p: list(PATTERN_SPARSITY).index(p[0]))
+    patterns = [p for p in patterns if p[0] != "structured"]
+    if patterns:
+        fig, axes = plt.subplots(len(texts), len(patterns), figsize=(4.2 * len(patterns), 3.2 * len(texts)), squeeze=False)
+        for j, (pattern, sparsity) in enumerate(patterns):
+            thanos_runs = sorted([(k[3] or 4096, v) for k, v in groups.items() if k[0] == "thanos" and k[1] == pattern])
+            base = [v for k, v in groups.items() if k[0] == "sparsegpt" and k[1] == pattern]
+            for i, text in enumerate(texts):
+                ax = axes[i][j]
+                xs = [b for b, _ in thanos_runs]
+                ms = [mean_std([r["perplexity"][text] for r in v]) for _, v in thanos_runs]
+                ax.errorbar(xs, [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms], marker="o",
+                            capsize=3, label="Thanos")
+                if base:
+                    m, s = mean_std([r["perplexity"][text] for r in base[0]])
+                    ax.axhline(m, color="C1", label="SparseGPT (B=128)")
+                    if not math.isnan(s):
+                        ax.axhspan(m - s, m + s, color="C1", alpha=0.2)
+                if xs:
+                    ax.set_xscale("log", base=2)
+                    ax.set_xticks(xs, [("whole" if x == 4096 else str(x)) for x in xs])
+                ax.set_title(f"{_pattern_label(pattern, sparsity)}, {text}", fontsize=9)
+                ax.set_xlabel("block size B")
+                ax.set_ylabel("perplexity")
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / "study-blocksize.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    for study, key_index, xlabel in (("calibration", 7, "calibration windows"), ("alpha", 4, "alpha")):
+        groups = group(records, study)
+        series: dict = {}
+        for k, v in groups.items():
+            if study == "alpha" and k[1] == "unstructured":
+                continue
+            series.setdefault((k[0], k[1], k[2]), []).append((k[key_index], v))
+        if not series:
+            continue
+        fig, axes = plt.subplots(1, len(texts), figsize=(4.2 * len(texts), 3.2), squeeze=False)
+        for i, text in enumerate(texts):
+            ax = axes[0][i]
+            for (method, pattern, sparsity), points in sorted(series.items()):
+                points.sort()
+                ms = [mean_std([r["perplexity"][text] for r in v]) for _, v in points]
+                ax.errorbar([x for x, _ in points], [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms],
+                            marker="o", capsize=3, label=f"{method} {_pattern_label(pattern, sparsity)}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("perplexity")
+            ax.set_yscale("log")
+            ax.set_title(text, fontsize=9)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out_dir / f"study-{study}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(args) -> int:
+    path = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
+    records = read_records(path)
+    if not records:
+        raise SystemExit(f"{path}: no recorded runs; run a study first")
+    texts = [t for t in TEXTS if any(t in r.get("perplexity", {}) for r in records if r.get("method") != "dense")]
+    dense = [r for r in records if r.get("method") == "dense"]
+    lines = [f"### Studies at --{args.size} size", "",
+             f"Recorded runs: `{path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path}` "
+             f"(one JSON line per run, with its command, date and thread count). "
+             f"Tables written by `python -m benchmarks study report --size {args.size}`.", ""]
+    some = next(r for r in records if r.get("method") != "dense")
+    lines += [f"Sizes: calibration {some['nsamples']} (unless the table says) windows of {some['seqlen']} tokens from the "
+              f"first 90 % of the C4 sample; perplexity over " + ", ".join(f"{n} windows of {some['eval_seqlen']} tokens of {t}"
+              for t, n in some['eval_windows'].items()) + "; seeds = calibration seeds. Prune times: one thread, "
+              f"on a machine shared with other jobs (compare them within a table only).", ""]
+    if dense:
+        lines += ["Dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense[0]["perplexity"].items()), ""]
+    sections = [("Block size", report_blocksize(records, texts)),
+                ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"])),
+                ("Alpha", report_generic(records, texts, "alpha", ["method", "pattern", "alpha"])),
+                ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "calibration windows"])),
+                ("Uniform against outlier-weighted (OWL) block sparsity",
+                 report_generic(records, texts, "owl", ["method", "pattern", "layer sparsity"])),
+                ("Runtime per step (seconds, one run, CPU)", report_runtime(records))]
+    for title, body in sections:
+        if body:
+            lines += [f"#### {title}", ""] + body
+    pngs = plot(records, texts, path.parent)
+    lines += ["Plots: " + ", ".join(f"`{p.relative_to(HERE.parent) if p.is_relative_to(HERE.parent) else p}`" for p in pngs), ""]
+    text = "\n".join(lines)
+    (path.parent / f"study-{args.size}.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- main
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks study", description=__doc__.splitlines()[0])
+    p.add_argument("study", choices=STUDIES + ("report",))
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="size", action="store_const", const="quick",
+                      help="the quick size (minutes per run on one thread; the default)")
+    size.add_argument("--full", dest="size", action="store_const", const="full", help="the issue's sizes (hours)")
+    size.add_argument("--size", dest="size", choices=tuple(SIZES))
+    p.add_argument("--patterns", default="unstructured,2:4,4:8,structured",
+                   help="comma-separated patterns among unstructured (50%%), 2:4, 4:8, structured (30%%)")
+    p.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: the size's)")
+    p.add_argument("--block-sizes", default=None,
+                   help="blocksize study: comma-separated block sizes, 0 = the whole layer (default: the size's)")
+    p.add_argument("--texts", default="wiki,c4-heldout", help=f"comma-separated evaluation texts among {TEXTS}")
+    p.add_argument("--only-method", default=None, help="run only this method's configurations")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="the JSON-lines file of runs (default: benchmarks/results/study-SIZE.jsonl)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs to do and stop")
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(size="quick")
+    args = p.parse_args(argv)
+    for pattern in _patterns(args):
+        if pattern not in PATTERN_SPARSITY:
+            p.error(f"--patterns: unknown pattern {pattern!r}; expected some of {list(PATTERN_SPARSITY)}")
+    for text in args.texts.split(","):
+        if text not in TEXTS:
+            p.error(f"--texts: unknown text {text!r}; expected some of {list(TEXTS)}")
+    if args.block_sizes:
+        try:
+            if any(int(b) < 0 for b in args.block_sizes.split(",")):
+                raise ValueError
+        except ValueError:
+            p.error(f"--block-sizes must be comma-separated integers >= 0, got {args.block_sizes!r}")
+    if args.seeds:
+        try:
+            [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    args.command = "python -m benchmarks study " + " ".join(shlex.quote(a) for a in argv)
+    args.loader = None
+    return args
+
+
+def main(argv=None, *, loader=None) -> int:
+    """``loader``: a function returning ``(model, tokenizer)`` (tests pass a tiny model)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    args.loader = loader
+    if args.study == "report":
+        return report(args)
+    return run_study(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""The quality-study tooling (``python -m benchmarks study``) and the outlier-weighted (OWL) block
+sparsity of ``prune_model``, on tiny models (seconds).
+
+What must hold: the metric swap inside Thanos ranks by exactly the score it names (checked against
+the mask derived by hand for a diagonal H, where each metric has a closed form), leaves the solver
+as it was afterwards; OWL's block sparsities average the requested sparsity, prune the blocks with
+more outliers less, and each layer is pruned to its block's exact count; a study records one line
+per run, resumes without redoing runs, and its report has a table and a plot.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the repository, not installed
+from benchmarks import study  # noqa: E402
+import tolerances as T  # noqa: E402
+from thanos import solver  # noqa: E402
+from thanos.assets import tiny_model  # noqa: E402
+from thanos.model import decoder_layers, outlier_ratios, owl_sparsities, prune_model  # noqa: E402
+from thanos.verify import expected_pruned  # noqa: E402
+
+
+def _calibration(nsamples=6, seqlen=16, seed=0, vocab=257):
+    return torch.randint(0, vocab, (nsamples, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- metric inside Thanos
+@pytest.mark.parametrize("metric", study.METRICS)
+def test_metric_ranks_by_its_own_score_on_a_diagonal_hessian(metric):
+    """One block covering the layer (B >= b), unstructured: the mask is the r smallest scores of
+    the original weights. With H = diag(h): psi = |W| sqrt(h / 2), |W|, and SparseGPT's
+    w^2 / [H^-1]_jj with the damped H^-1 = diag(1 / (h + lambda)) ranks as |W| sqrt(h + lambda)."""
+    gen = torch.Generator().manual_seed(3)
+    c, b = 12, 20
+    W = torch.randn(c, b, generator=gen, dtype=torch.float64)
+    h = torch.rand(b, generator=gen, dtype=torch.float64) * 10 + 0.1
+    H = torch.diag(h)
+    percdamp = 0.01
+    damping = percdamp * float(h.mean())
+    scores = {"psi": W.abs() * (h / 2).sqrt(), "magnitude": W.abs(), "sparsegpt": W.abs() * (h + damping).sqrt()}[metric]
+    r = c * b // 2
+    expected = torch.zeros(c * b, dtype=torch.bool)
+    expected[torch.argsort(scores.reshape(-1))[:r]] = True
+    original = solver._thanos_blocks
+    with study.thanos_metric(metric):
+        res = solver.prune(W, H, method="thanos", pattern="unstructured", sparsity=0.5, block_size=b,
+                           percdamp=percdamp, compute_dtype=torch.float64)
+    assert solver._thanos_blocks is original
+    assert torch.equal(res.mask.reshape(-1), expected)
+
+
+def test_metric_swap_is_undone_on_error_and_rejects_unknown_names():
+    original = solver._thanos_blocks
+    with pytest.raises(RuntimeError):
+        with study.thanos_metric("magnitude"):
+            raise RuntimeError("boom")
+    assert solver._thanos_blocks is original
+    with pytest.raises(ValueError, match="metric"):
+        with study.thanos_metric("hessian"):
+            pass
+
+
+# ------------------------------------------------------------------------------------------- OWL
+def test_owl_sparsities_average_the_requested_sparsity_and_favour_outliers():
+    ratios = [0.01, 0.05, 0.02, 0.08, 0.03]
+    out = owl_sparsities(ratios, 0.6, spread=0.1)
+    assert math.isclose(sum(out) / len(out), 0.6, rel_tol=0, abs_tol=T.rounding_tol(len(ratios)))  # a sum of 5 terms
+    order_ratio = sorted(range(5), key=lambda i: ratios[i])
+    order_sparsity = sorted(range(5), key=lambda i: -out[i])
+    assert order_ratio == order_sparsity  # more outliers, lower sparsity
+    assert math.isclose(max(out) - min(out), 0.2, abs_tol=T.rounding_tol(len(ratios)))  # mapped onto [0, 2 lambda]
+    assert owl_sparsities([0.04] * 3, 0.5) == [0.5] * 3
+
+
+def test_outlier_ratios_follow_the_threshold():
+    model, _ = tiny_model("llama")
+    cal = _calibration()
+    zero = outlier_ratios(model, cal, threshold=1e-12)
+    huge = outlier_ratios(model, cal, threshold=1e12)
+    mid = outlier_ratios(model, cal, threshold=2.0)
+    blocks = len(decoder_layers(model))
+    assert len(zero) == len(huge) == len(mid) == blocks
+    assert all(r > 0.99 for r in zero) and all(r == 0.0 for r in huge)
+    assert all(0.0 < r < 0.5 for r in mid)  # a few weights above twice their block's mean score
+
+
+def test_prune_model_owl_prunes_each_block_to_its_own_sparsity():
+    model, _ = tiny_model("llama")
+    dense = copy.deepcopy(model)
+    result = prune_model(model, _calibration(), method="thanos", pattern="unstructured", sparsity=0.5,
+                         block_size=16, layer_sparsity="owl", owl_spread=0.1)
+    blocks = result.block_sparsity
+    assert len(blocks) == len(decoder_layers(model))
+    assert math.isclose(sum(blocks) / len(blocks), 0.5, abs_tol=T.rounding_tol(len(blocks)))
+    assert max(blocks) - min(blocks) > 0.1  # non-uniform
+    ratios = outlier_ratios(dense, _calibration())
+    assert blocks == owl_sparsities(ratios, 0.5, 0.1)  # the same function on the same numbers
+    for layer in result.layers:
+        assert layer.pruned == expected_pruned("thanos", "unstructured", blocks[layer.block], 0.0, *layer.shape)
+
+
+def test_prune_model_takes_one_sparsity_per_block():
+    model, _ = tiny_model("llama")
+    result = prune_model(model, _calibration(), method="sparsegpt", sparsity=0.5, block_size=16,
+                         layer_sparsity=[0.3, 0.5, 0.7])
+    for layer in result.layers:
+        assert layer.pruned == expected_pruned("sparsegpt", "unstructured", [0.3, 0.5, 0.7][layer.block], 0.0, *layer.shape)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(pattern="2:4", layer_sparsity="owl"), "unstructured"),
+    (dict(method="magnitude", layer_sparsity="owl"), "magnitude"),
+    (dict(layer_sparsity="wide"), "layer_sparsity"),
+    (dict(layer_sparsity=[0.5, 0.5]), "3 decoder blocks"),
+    (dict(layer_sparsity=[0.5, 0.5, 1.0]), r"\[0, 1\)"),
+    (dict(pattern="4:8", layer_sparsity=[0.5, 0.5, 0.5]), "N:M"),
+    (dict(layer_sparsity="owl", owl_spread=0.3), "owl_spread"),
+    (dict(layer_sparsity="owl", owl_threshold=0), "owl_threshold"),
+])
+def test_prune_model_refuses_bad_layer_sparsity_before_any_work(kwargs, match):
+    model, _ = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = dict(method="thanos", pattern="unstructured", block_size=16)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        prune_model(model, _calibration(), **args)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_cli_refuses_owl_with_nm_before_loading(tmp_path, capsys):
+    from thanos import cli
+
+    rc = cli.main(["prune", "--pattern", "2:4", "--layer-sparsity", "owl", "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "--layer-sparsity owl" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------- study runs
+TINY = study.Size(nsamples=4, seqlen=16, eval_windows=2, eval_seqlen=32, seeds=(0, 1), block_sizes=(16, study.WHOLE),
+                  alphas=(0.0, 0.25), calibration_counts=(2, 4))
+
+
+@pytest.fixture
+def tiny_study(monkeypatch):
+    monkeypatch.setitem(study.SIZES, "quick", TINY)
+
+    def texts(tokenizer, names, eval_windows, eval_seqlen):
+        gen = torch.Generator().manual_seed(7)
+        windows = {n: torch.randint(0, 257, (eval_windows, eval_seqlen), generator=gen) for n in names}
+        return torch.randint(0, 257, (400,), generator=gen), windows
+
+    monkeypatch.setattr(study, "load_texts", texts)
+    return lambda: tiny_model("llama", layers=2)
+
+
+def test_blocksize_study_records_resumes_and_reports(tmp_path, tiny_study):
+    out = tmp_path / "runs.jsonl"
+    argv = ["blocksize", "--quick", "--patterns", "unstructured,2:4", "--out", str(out), "--no-progress"]
+    assert study.main(argv, loader=tiny_study) == 0
+    records = study.read_records(out)
+    runs = [r for r in records if r["method"] != "dense"]
+    grid = study.configs("blocksize", TINY, ["unstructured", "2:4"])
+    assert len(runs) == len(grid) * len(TINY.seeds)
+    assert {(r["method"], r["block_size"]) for r in runs} == {("sparsegpt", 128), ("thanos", 16), ("thanos", 0)}
+    for r in runs:
+        assert set(r["perplexity"]) == {"wiki", "c4-heldout"}
+        assert all(math.isfinite(v) and v > 1 for v in r["perplexity"].values())
+        assert abs(r["achieved_sparsity"] - 0.5) < 0.01
+    assert study.main(argv, loader=tiny_study) == 0  # resumed: nothing left to do
+    assert len(study.read_records(out)) == len(records)
+    assert study.main(["report", "--out", str(out)]) == 0
+    table = (tmp_path / "runs.md").read_text() if (tmp_path / "runs.md").exists() else (tmp_path / "study-quick.md").read_text()
+    assert "| thanos | whole | 2 |" in table and "beats SparseGPT on wiki" in table
+    assert (tmp_path / "study-blocksize.png").stat().st_size > 1000
+
+
+def test_whole_layer_block_size_equals_the_widest_input(tiny_study):
+    model, _ = tiny_study()
+    assert study.max_input_width(model) == max(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)
+                                               and m is not model.lm_head)
+
+
+@pytest.mark.parametrize("name,patterns", [("metric", "2:4"), ("alpha", "structured"), ("calibration", "unstructured"),
+                                           ("owl", "unstructured")])
+def test_other_studies_run_at_a_tiny_size(tmp_path, tiny_study, name, patterns):
+    out = tmp_path / "runs.jsonl"
+    assert study.main([name, "--patterns", patterns, "--seeds", "0", "--out", str(out), "--no-progress"],
+                      loader=tiny_study) == 0
+    runs = [r for r in study.read_records(out) if r["method"] != "dense"]
+    assert len(runs) == len(study.configs(name, TINY, [patterns]))
+    if name == "alpha":  # structured with alpha keeps the achieved sparsity (the other rows pruned more)
+        for r in runs:
+            assert abs(r["achieved_sparsity"] - 0.3) < 0.02, r
+    if name == "calibration":
+        assert {r["nsamples"] for r in runs} == set(TINY.calibration_counts)
+    assert study.main(["report", "--out", str(out)]) == 0
+
+
+def test_runtime_breakdown_adds_up(tmp_path, tiny_study):
+    out = tmp_path / "runs.jsonl"
+    assert study.main(["runtime", "--in-process", "--patterns", "unstructured", "--seeds", "0", "--out", str(out),
+                       "--no-progress"], loader=tiny_study) == 0
+    runs = {r["method"]: r for r in study.read_records(out) if r["method"] != "dense"}
+    assert set(runs) == {"thanos", "sparsegpt", "wanda", "magnitude"}
+    for method, r in runs.items():
+        steps = r["steps"]
+        assert steps["prune_linear"] <= r["seconds"]
+        inside = sum(v for k, v in steps.items() if k not in study.StepTimer.PIPELINE + ("GEMMs and rest of the solver",))
+        assert inside <= steps["prune_linear"] + 1e-3  # the solver's steps happen inside prune_linear
+        assert r["max_rss_mib"] > 0
+    assert "factorisation" in runs["thanos"]["steps"] and "per-row solves" in runs["thanos"]["steps"]
+    assert "accumulate_hessians" not in runs["magnitude"]["steps"]  # no calibration for magnitude
+
+
+def test_study_arguments_are_checked():
+    with pytest.raises(SystemExit):
+        study.parse_args(["blocksize", "--patterns", "3:4"])
+    with pytest.raises(SystemExit):
+        study.parse_args(["blocksize", "--texts", "news"])
+    with pytest.raises(SystemExit):
+        study.parse_args(["blocksize", "--seeds", "a,b"])
+
+
+def test_beats_needs_the_difference_above_the_noise():
+    assert study.beats([10.0, 10.1, 9.9], [12.0, 12.1, 11.9]).startswith("yes")
+    assert study.beats([10.0, 11.0, 9.0], [10.5, 11.5, 9.5]).startswith("within noise")
+    assert study.beats([12.0, 12.1, 11.9], [10.0, 10.1, 9.9]).startswith("worse")
+    assert study.beats([10.0], [12.0]).startswith("n/a")
+    assert json.loads(study.Config("blocksize", "thanos", "2:4", None).key(0, "quick"))[-1] == 0
+
+
+def test_cli_prune_with_owl_reaches_prune_model(tmp_path):
+    """``thanos prune --layer-sparsity owl``: blocks pruned at different sparsities averaging --sparsity."""
+    from thanos import cli, data
+
+    model, tokenizer = tiny_model("llama", seed=3, layers=3)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text(data.read_text(data.default_calibration_path())[:20000])
+    out = tmp_path / "out"
+    rc = cli.main(["prune", "--model", str(folder), "--calibration", str(text), "--nsamples", "4", "--seqlen", "32",
+                   "--block-size", "16", "--layer-sparsity", "owl", "--owl-spread", "0.1", "--no-eval", "--out", str(out),
+                   "--no-progress", "--quiet"])
+    assert rc == 0
+    layers = json.loads((out / "report.json").read_text())["layers"]
+    per_block = {}
+    for layer in layers:
+        per_block.setdefault(layer["block"], []).append(layer["pruned"] / layer["numel"])
+    block_means = [sum(v) / len(v) for _, v in sorted(per_block.items())]
+    assert max(block_means) - min(block_means) > 0.05
+    assert abs(sum(block_means) / len(block_means) - 0.5) < 0.01  # each layer rounds its count down
