@@ -44,15 +44,20 @@ def text_file(tmp_path_factory):
     return path
 
 
+def _forbid(monkeypatch, targets, why):
+    """Calling any of ``targets`` ("module.attribute") fails the test with ``why``."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError(why)
+
+    for target in targets:
+        monkeypatch.setattr(target, forbidden)
+
+
 @pytest.fixture
 def no_loading(monkeypatch):
     """Any attempt to load a model or tokenise text fails the test."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a model or text was loaded before the arguments were checked")
-
-    monkeypatch.setattr("thanos.assets.load_model", forbidden)
-    monkeypatch.setattr("thanos.data.calibration_windows", forbidden)
-    monkeypatch.setattr("thanos.model.prune_model", forbidden)
+    _forbid(monkeypatch, ("thanos.assets.load_model", "thanos.data.calibration_windows", "thanos.model.prune_model"),
+            "a model or text was loaded before the arguments were checked")
 
 
 @pytest.mark.parametrize(
@@ -227,11 +232,8 @@ def tiny_opt_dir(tmp_path_factory):
 @pytest.fixture
 def no_pruning(monkeypatch):
     """Loading is allowed, calibration and pruning are not."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("calibration or pruning started before the loaded model was checked")
-
-    monkeypatch.setattr("thanos.data.calibration_windows", forbidden)
-    monkeypatch.setattr("thanos.model.prune_model", forbidden)
+    _forbid(monkeypatch, ("thanos.data.calibration_windows", "thanos.model.prune_model"),
+            "calibration or pruning started before the loaded model was checked")
 
 
 def _magnitude_args(tiny_dir, out, *extra):
