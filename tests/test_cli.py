@@ -142,6 +142,7 @@ def test_prune_writes_a_loadable_model_and_report(tiny_dir, text_file, tmp_path,
     prune_model(model, cal, method="thanos", pattern="2:4", block_size=16)
     ids = torch.tensor([tokenizer("The quick brown fox")["input_ids"]])
     with torch.no_grad():
+        # the same forward code on the same weights (safetensors round-trips them bit for bit): equal
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 

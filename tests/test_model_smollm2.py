@@ -101,6 +101,7 @@ def test_saved_model_reloads_with_the_same_logits(smollm2, pruned, tmp_path):
     assert tok("Pruning works")["input_ids"] == tokenizer("Pruning works")["input_ids"]
     ids = windows[:1, :64]
     with torch.no_grad():
+        # the same forward code on the same weights (safetensors round-trips them bit for bit): equal
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
     sparse = reloaded.model.layers[10].mlp.up_proj.weight
     (layer,) = [layer for layer in result.layers if layer.name.endswith("layers.10.mlp.up_proj")]
