@@ -28,13 +28,18 @@ from thanos.assets import tiny_model
 from thanos.model import prune_model
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    model, tokenizer = tiny_model("llama", seed=3, layers=2)
+def _saved_tiny_model(tmp_path_factory, arch: str, seed: int):
+    """A tiny two-block model of ``arch`` saved as a Hugging Face folder (model + tokenizer)."""
+    folder = tmp_path_factory.mktemp(f"tiny_{arch}") / "model"
+    model, tokenizer = tiny_model(arch, seed=seed, layers=2)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return _saved_tiny_model(tmp_path_factory, "llama", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -223,11 +228,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_opt_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_opt") / "model"
-    model, tokenizer = tiny_model("opt", seed=4, layers=2)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _saved_tiny_model(tmp_path_factory, "opt", seed=4)
 
 
 @pytest.fixture
