@@ -88,21 +88,31 @@ PATTERN_SPARSITY = {"unstructured": 0.5, "2:4": None, "4:8": None, "structured":
 # ------------------------------------------------------------------------------- configurations
 @dataclass(frozen=True)
 class Config:
-    """One pruning run (before the seed)."""
+    """One pruning run (before the seed). ``block_size`` None: the library's default for the method
+    and pattern (``thanos.default_block_size``); ``nsamples`` None: the size's default."""
 
     study: str
     method: str
     pattern: str
     sparsity: Optional[float]
-    block_size: int = 128
+    block_size: Optional[int] = None
     alpha: float = 0.0
     metric: str = "psi"
     layer_sparsity: str = "uniform"
-    nsamples: Optional[int] = None  # None: the size's default
+    nsamples: Optional[int] = None
+
+    def resolved(self, size: Size) -> "Config":
+        from thanos import default_block_size
+
+        block = default_block_size(self.method, self.pattern) if self.block_size is None else self.block_size
+        return dataclasses.replace(self, block_size=block, nsamples=self.nsamples or size.nsamples)
 
     def key(self, seed: int, size: str) -> str:
-        return json.dumps([size, self.study, self.method, self.pattern, self.sparsity, self.block_size, self.alpha,
-                           self.metric, self.layer_sparsity, self.nsamples, seed])
+        """What identifies a run: its parameters, whichever study asked for it (a run one study made
+        serves every study whose grid holds it); runtime runs are timed in a fresh process, apart."""
+        c = self.resolved(SIZES[size])
+        return json.dumps([size, "runtime" if c.study == "runtime" else "run", c.method, c.pattern, c.sparsity,
+                           c.block_size, c.alpha, c.metric, c.layer_sparsity, c.nsamples, seed])
 
 
 def _patterns(args) -> list:
@@ -264,7 +274,8 @@ def run_one(model, config: Config, seed: int, size: Size, calibration_tokens, wi
     from thanos import data
     from thanos.model import prune_model
 
-    nsamples = config.nsamples or size.nsamples
+    config = config.resolved(size)
+    nsamples = config.nsamples
     calibration = data.random_windows(calibration_tokens, nsamples, size.seqlen, seed)
     pruned = copy.deepcopy(model)
     timer = StepTimer() if config.study == "runtime" else contextlib.nullcontext()
@@ -303,9 +314,19 @@ def read_records(path: Path) -> list:
     return out
 
 
+def newest_records(records: list, size: str) -> list:
+    """One record per run (configuration and seed) and one dense record: the newest, which a study
+    re-ran because an older one lacked a requested text. A run is deterministic for its seed, so
+    the two agree on the texts they share (on one machine; BLAS may differ in the last bits elsewhere)."""
+    latest: dict = {}
+    for r in records:
+        latest["dense" if r.get("method") == "dense" else record_key(r, size)] = r
+    return list(latest.values())
+
+
 def record_key(r: dict, size: str) -> str:
     return Config(r["study"], r["method"], r["pattern"], r["sparsity"], r["block_size"], r["alpha"], r["metric"],
-                  r["layer_sparsity"], r["nsamples_requested"]).key(r["seed"], size)
+                  r["layer_sparsity"], r["nsamples"]).key(r["seed"], size)
 
 
 def run_study(args) -> int:
@@ -319,7 +340,11 @@ def run_study(args) -> int:
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else size.seeds
     grid = [c for c in configs(args.study, size, _patterns(args)) if args.only_method in (None, c.method)]
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
-    done = {record_key(r, args.size) for r in read_records(out) if r.get("method") != "dense"}
+    texts = args.texts.split(",")
+    # a run is done when a record of it evaluated every requested text (an older record with fewer
+    # texts is run again; the report then reads the newest record of each run)
+    done = {record_key(r, args.size) for r in read_records(out)
+            if r.get("method") != "dense" and set(texts) <= set(r.get("perplexity", {}))}
     todo = [(c, s) for s in seeds for c in grid if c.key(s, args.size) not in done]
     print(f"study {args.study} ({args.size}): {len(grid)} configurations x {len(seeds)} seeds, "
           f"{len(todo)} runs to do, recording to {out}", flush=True)
@@ -332,10 +357,9 @@ def run_study(args) -> int:
     if args.study == "runtime" and not args.in_process:
         return _runtime_in_children(args, todo, out)
     model, tokenizer = (args.loader or load_model)()
-    texts = args.texts.split(",")
     calibration_tokens, windows = load_texts(tokenizer, texts, size.eval_windows, size.eval_seqlen)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not any(r.get("method") == "dense" for r in read_records(out)):
+    if not any(r.get("method") == "dense" and set(texts) <= set(r["perplexity"]) for r in read_records(out)):
         dense = {name: _dense_perplexity(model, w, args.device) for name, w in windows.items()}
         _append(out, dict(study="dense", method="dense", perplexity=dense, eval_seqlen=size.eval_seqlen,
                           eval_windows={n: int(w.shape[0]) for n, w in windows.items()}))
@@ -381,11 +405,46 @@ def mean_std(values: list) -> tuple:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
-def group(records: list, study: str) -> dict:
+def in_study(r: dict, study: str, size: Size) -> bool:
+    """Whether run ``r`` belongs in ``study``'s tables: the runs its grid asks for, whichever study
+    made them (the B = default, 32-window, alpha 0, psi, uniform run serves them all)."""
+    if r.get("method") == "dense":
+        return False
+    if (r["study"] == "runtime") != (study == "runtime"):
+        return False
+    if study == "runtime":
+        return True
+    from thanos import default_block_size
+
+    standard = r["sparsity"] == PATTERN_SPARSITY.get(r["pattern"], -1)
+    default_b = r["block_size"] == default_block_size(r["method"], r["pattern"])
+    plain = r["metric"] == "psi" and r["layer_sparsity"] == "uniform"
+    calibrated = r["nsamples"] == size.nsamples
+    if study == "blocksize":
+        return (plain and calibrated and standard and r["alpha"] == 0 and r["method"] in ("thanos", "sparsegpt")
+                and (r["method"] == "thanos" or default_b))
+    if study == "metric":
+        return (r["method"] == "thanos" and r["layer_sparsity"] == "uniform" and calibrated and standard and default_b
+                and r["alpha"] == 0 and r["pattern"] != "structured")
+    if study == "alpha":
+        if not (plain and calibrated and default_b and r["method"] in ("thanos", "sparsegpt")):
+            return False
+        if r["pattern"] == "unstructured":  # the N:M runs' achieved sparsity, 0.5 (1 - alpha) for alpha > 0
+            return r["alpha"] == 0 and r["sparsity"] < PATTERN_SPARSITY["unstructured"]
+        return standard and (r["method"] == "thanos" or r["alpha"] == 0)
+    if study == "calibration":
+        return plain and standard and default_b and r["alpha"] == 0 and r["method"] in ("thanos", "sparsegpt")
+    if study == "owl":
+        return (r["pattern"] == "unstructured" and r["sparsity"] in (0.5, 0.7) and r["metric"] == "psi" and calibrated
+                and default_b and r["alpha"] == 0)
+    raise ValueError(f"unknown study {study!r}")
+
+
+def group(records: list, study: str, size: Size) -> dict:
     """{config tuple: [records over seeds]} for one study."""
     out: dict = {}
     for r in records:
-        if r.get("study") != study:
+        if not in_study(r, study, size):
             continue
         key = (r["method"], r["pattern"], r["sparsity"], r["block_size"], r["alpha"], r["metric"], r["layer_sparsity"],
                r["nsamples"])
@@ -428,8 +487,8 @@ def _pattern_label(pattern, sparsity):
     return pattern
 
 
-def report_blocksize(records, texts) -> list:
-    groups = group(records, "blocksize")
+def report_blocksize(records, texts, size) -> list:
+    groups = group(records, "blocksize", size)
     lines = []
     patterns = sorted({(k[1], k[2]) for k in groups}, key=lambda p: list(PATTERN_SPARSITY).index(p[0]))
     for pattern, sparsity in patterns:
@@ -460,8 +519,8 @@ def _paired(a_runs, b_runs, text):
     return a, b
 
 
-def report_generic(records, texts, study, columns) -> list:
-    groups = group(records, study)
+def report_generic(records, texts, study, columns, size) -> list:
+    groups = group(records, study, size)
     if not groups:
         return []
     names = {"method": 0, "pattern": 1, "sparsity": 2, "B": 3, "alpha": 4, "metric": 5, "layer sparsity": 6, "calibration windows": 7}
@@ -491,7 +550,7 @@ def report_runtime(records) -> list:
     return lines + [""]
 
 
-def plot(records, texts, out_dir: Path) -> list:
+def plot(records, texts, out_dir: Path, size) -> list:
     """PNG plots: perplexity against B per pattern (Thanos, SparseGPT as a band), per text."""
     import matplotlib
 
@@ -499,7 +558,7 @@ def plot(records, texts, out_dir: Path) -> list:
     import matplotlib.pyplot as plt
 
     written = []
-    groups = group(records, "blocksize")
+    groups = group(records, "blocksize", size)
     patterns = sorted({(k[1], k[2]) for k in groups}, key=lambda p: list(PATTERN_SPARSITY).index(p[0]))
     patterns = [p for p in patterns if p[0] != "structured"]
     if patterns:
@@ -531,7 +590,7 @@ def plot(records, texts, out_dir: Path) -> list:
         plt.close(fig)
         written.append(path)
     for study, key_index, xlabel in (("calibration", 7, "calibration windows"), ("alpha", 4, "alpha")):
-        groups = group(records, study)
+        groups = group(records, study, size)
         series: dict = {}
         for k, v in groups.items():
             if study == "alpha" and k[1] == "unstructured":
@@ -562,7 +621,8 @@ def plot(records, texts, out_dir: Path) -> list:
 
 def report(args) -> int:
     path = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
-    records = read_records(path)
+    records = newest_records(read_records(path), args.size)
+    size = SIZES[args.size]
     if not records:
         raise SystemExit(f"{path}: no recorded runs; run a study first")
     texts = [t for t in TEXTS if any(t in r.get("perplexity", {}) for r in records if r.get("method") != "dense")]
@@ -578,17 +638,17 @@ def report(args) -> int:
               f"on a machine shared with other jobs (compare them within a table only).", ""]
     if dense:
         lines += ["Dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense[0]["perplexity"].items()), ""]
-    sections = [("Block size", report_blocksize(records, texts)),
-                ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"])),
-                ("Alpha", report_generic(records, texts, "alpha", ["method", "pattern", "alpha"])),
-                ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "calibration windows"])),
+    sections = [("Block size", report_blocksize(records, texts, size)),
+                ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"], size)),
+                ("Alpha", report_generic(records, texts, "alpha", ["method", "pattern", "alpha"], size)),
+                ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "calibration windows"], size)),
                 ("Uniform against outlier-weighted (OWL) block sparsity",
-                 report_generic(records, texts, "owl", ["method", "pattern", "layer sparsity"])),
+                 report_generic(records, texts, "owl", ["method", "pattern", "layer sparsity"], size)),
                 ("Runtime per step (seconds, one run, CPU)", report_runtime(records))]
     for title, body in sections:
         if body:
             lines += [f"#### {title}", ""] + body
-    pngs = plot(records, texts, path.parent)
+    pngs = plot(records, texts, path.parent, SIZES[args.size])
     lines += ["Plots: " + ", ".join(f"`{p.relative_to(HERE.parent) if p.is_relative_to(HERE.parent) else p}`" for p in pngs), ""]
     text = "\n".join(lines)
     (path.parent / f"study-{args.size}.md").write_text(text, encoding="utf-8")

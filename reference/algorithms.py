@@ -161,11 +161,12 @@ def _no_update_mask(W, H, opts: spec.Options, dead):
     return mask
 
 
-def prune(W, H, *, method, pattern, sparsity=None, block_size=128, alpha=0.0, percdamp=0.01) -> spec.PruneResult:
+def prune(W, H, *, method, pattern, sparsity=None, block_size=None, alpha=0.0, percdamp=0.01) -> spec.PruneResult:
     """Prune one layer. W: (c, b), H: (b, b) or None (magnitude only). NumPy in, NumPy out.
 
     method: 'thanos' | 'sparsegpt' | 'wanda' | 'magnitude'; pattern: 'unstructured' | 'structured'
-    | 'N:M'; sparsity in [0, 1) (implied by N:M, pass None); block_size B; alpha: fraction of rows
+    | 'N:M'; sparsity in [0, 1) (implied by N:M, pass None); block_size B (None: the default for the
+    method and pattern, ``spec.default_block_size``); alpha: fraction of rows
     left dense (Thanos structured and N:M); percdamp: damping as a fraction of mean(diag H).
     Dead columns (H_jj = 0) are pruned first in every method that uses H; when they exceed what a
     group may prune, all are pruned and a RuntimeWarning gives requested and achieved sparsity.

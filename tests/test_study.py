@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the repository, not installed
 from benchmarks import study  # noqa: E402
 import tolerances as T  # noqa: E402
+import thanos  # noqa: E402
 from thanos import solver  # noqa: E402
 from thanos.assets import tiny_model  # noqa: E402
 from thanos.model import decoder_layers, outlier_ratios, owl_sparsities, prune_model  # noqa: E402
@@ -153,10 +155,10 @@ TINY = study.Size(nsamples=4, seqlen=16, eval_windows=2, eval_seqlen=32, seeds=(
 def tiny_study(monkeypatch):
     monkeypatch.setitem(study.SIZES, "quick", TINY)
 
-    def texts(tokenizer, names, eval_windows, eval_seqlen):
-        gen = torch.Generator().manual_seed(7)
-        windows = {n: torch.randint(0, 257, (eval_windows, eval_seqlen), generator=gen) for n in names}
-        return torch.randint(0, 257, (400,), generator=gen), windows
+    def texts(tokenizer, names, eval_windows, eval_seqlen):  # each text its own, whichever others are asked for
+        windows = {n: torch.randint(0, 257, (eval_windows, eval_seqlen), generator=torch.Generator().manual_seed(
+            zlib.crc32(n.encode()))) for n in names}
+        return torch.randint(0, 257, (400,), generator=torch.Generator().manual_seed(7)), windows
 
     monkeypatch.setattr(study, "load_texts", texts)
     return lambda: tiny_model("llama", layers=2)
@@ -181,6 +183,39 @@ def test_blocksize_study_records_resumes_and_reports(tmp_path, tiny_study):
     table = (tmp_path / "runs.md").read_text() if (tmp_path / "runs.md").exists() else (tmp_path / "study-quick.md").read_text()
     assert "| thanos | whole | 2 |" in table and "beats SparseGPT on wiki" in table
     assert (tmp_path / "study-blocksize.png").stat().st_size > 1000
+
+
+def test_a_run_serves_every_study_that_asks_for_it(tmp_path, tiny_study):
+    """The metric study's psi run at the default B is the block-size study's run: not made twice,
+    and both studies' tables read it."""
+    out = tmp_path / "runs.jsonl"
+    default_b = thanos.default_block_size("thanos", "2:4")
+    assert study.main(["blocksize", "--patterns", "2:4", "--seeds", "0", "--block-sizes", str(default_b), "--out", str(out),
+                       "--no-progress"], loader=tiny_study) == 0
+    before = [r for r in study.read_records(out) if r["method"] != "dense"]
+    assert study.main(["metric", "--patterns", "2:4", "--seeds", "0", "--out", str(out), "--no-progress"],
+                      loader=tiny_study) == 0
+    added = [r for r in study.read_records(out) if r["method"] != "dense"][len(before):]
+    assert sorted(r["metric"] for r in added) == sorted(m for m in study.METRICS if m != "psi")
+    records = study.newest_records(study.read_records(out), "quick")
+    metric_runs = study.group(records, "metric", TINY)
+    assert sorted(k[5] for k in metric_runs) == sorted(study.METRICS)
+
+
+def test_a_run_missing_a_requested_text_is_run_again_and_the_newest_record_counts(tmp_path, tiny_study):
+    out = tmp_path / "runs.jsonl"
+    argv = ["blocksize", "--patterns", "unstructured", "--seeds", "0", "--block-sizes", "16", "--out", str(out),
+            "--no-progress"]
+    assert study.main(argv + ["--texts", "wiki"], loader=tiny_study) == 0
+    first = [r for r in study.read_records(out) if r["method"] != "dense"]
+    assert study.main(argv + ["--texts", "wiki,code"], loader=tiny_study) == 0
+    records = study.read_records(out)
+    assert len([r for r in records if r["method"] != "dense"]) == 2 * len(first)
+    newest = [r for r in study.newest_records(records, "quick") if r["method"] != "dense"]
+    assert len(newest) == len(first) and all(set(r["perplexity"]) == {"wiki", "code"} for r in newest)
+    # the same run, the same code, one process: the shared text's perplexity is the same number
+    old = {study.record_key(r, "quick"): r["perplexity"]["wiki"] for r in first}
+    assert all(old[study.record_key(r, "quick")] == r["perplexity"]["wiki"] for r in newest)
 
 
 def test_whole_layer_block_size_equals_the_widest_input(tiny_study):

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default="unstructured", help="unstructured, structured or N:M such as 2:4 (default: unstructured)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned in [0, 1) (default: 0.5; implied by N:M)")
     p.add_argument("--alpha", type=float, default=0.0, help="Thanos structured/N:M: fraction of rows kept dense (default: 0)")
-    p.add_argument("--block-size", type=int, default=128, help="columns per block (default: 128)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="columns per block (default: thanos.default_block_size for the method and pattern)")
     p.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean(diag H) (default: 0.01)")
     p.add_argument("--nsamples", type=_positive_int("--nsamples"), default=DEFAULT_NSAMPLES,
                    help=f"calibration windows, distinct (default: {DEFAULT_NSAMPLES})")

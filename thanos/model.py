@@ -578,7 +578,7 @@ def prune_model(
     method: str = "thanos",
     pattern: str = "unstructured",
     sparsity: Optional[float] = None,
-    block_size: int = 128,
+    block_size: Optional[int] = None,
     alpha: float = 0.0,
     percdamp: float = 0.01,
     device: Union[str, torch.device, None] = None,
@@ -665,7 +665,8 @@ def prune_model(
     dispatched = is_dispatched(model)
     result = ModelPruneResult(
         method=method, pattern=pattern, sparsity=None if sparsity is None else float(sparsity), alpha=float(alpha),
-        block_size=int(block_size), percdamp=float(percdamp), device=str(device),
+        block_size=int(spec.default_block_size(method, pattern) if block_size is None else block_size),
+        percdamp=float(percdamp), device=str(device),
         calibration_windows=int(calibration.shape[0]) if needs_data else 0,
         calibration_seqlen=int(calibration.shape[1]) if needs_data else 0, blocks=len(layers),
         storage_dtype=str(storage).replace("torch.", ""), compute_dtype=str(compute).replace("torch.", ""),

@@ -37,7 +37,7 @@ def prune(
     method: str,
     pattern: str,
     sparsity: Optional[float] = None,
-    block_size: int = 128,
+    block_size: Optional[int] = None,
     alpha: float = 0.0,
     percdamp: float = 0.01,
     compute_dtype: Optional[torch.dtype] = None,
