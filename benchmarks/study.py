@@ -479,6 +479,15 @@ def _label_b(b: int) -> str:
     return "whole" if b == WHOLE else str(b)
 
 
+def _requested(pattern, sparsity) -> float:
+    """The sparsity a run asked for: N/M for N:M, else its ``sparsity`` (alpha > 0 at N:M keeps rows
+    dense, so less is achieved; at structured the other rows are pruned more, so as much is)."""
+    if ":" in pattern:
+        n, m = (int(x) for x in pattern.split(":"))
+        return n / m
+    return sparsity
+
+
 def _pattern_label(pattern, sparsity):
     if pattern == "unstructured":
         return f"{sparsity * 100:g}% unstructured"
@@ -509,7 +518,31 @@ def report_blocksize(records, texts, size) -> list:
             lines.append(f"| {k[0]} | {_label_b(k[3])} | {len(runs)} | " + " | ".join(cells) + " | "
                          + " | ".join(verdicts) + f" | {seconds:.0f} |")
         lines.append("")
+        lines += _against_best_b({k[3]: v for k, v in groups.items() if k[0] == "thanos" and k[1] == pattern}, texts)
     return lines
+
+
+def _against_best_b(by_b: dict, texts) -> list:
+    """Thanos at each B against the best B, text by text, at the seeds every B ran (paired runs:
+    the same calibration windows): percent above the lowest perplexity, and whether a B is within
+    1 % of the best on every text."""
+    if len(by_b) < 2:
+        return []
+    seeds = set.intersection(*({r["seed"] for r in runs} for runs in by_b.values()))
+    if not seeds:
+        return []
+    means = {b: {t: statistics.fmean(r["perplexity"][t] for r in runs if r["seed"] in seeds) for t in texts
+                 if all(t in r["perplexity"] for r in runs if r["seed"] in seeds)} for b, runs in by_b.items()}
+    shared = [t for t in texts if all(t in m for m in means.values())]
+    best = {t: min(m[t] for m in means.values()) for t in shared}
+    lines = [f"Thanos by B at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))} (every B ran "
+             f"{'them' if len(seeds) > 1 else 'it'}): perplexity above the best B, in %", "",
+             "| B | " + " | ".join(shared) + " | within 1 % of the best on every text |",
+             "|---|" + "---:|" * len(shared) + "---|"]
+    for b in sorted(by_b, key=lambda b: b or 10**6):
+        above = [100 * (means[b][t] / best[t] - 1) for t in shared]
+        lines.append(f"| {_label_b(b)} | " + " | ".join(f"{a:.1f}" for a in above) + f" | {'yes' if max(above) <= 1 else 'no'} |")
+    return lines + [""]
 
 
 def _paired(a_runs, b_runs, text):
@@ -524,15 +557,17 @@ def report_generic(records, texts, study, columns, size) -> list:
     if not groups:
         return []
     names = {"method": 0, "pattern": 1, "sparsity": 2, "B": 3, "alpha": 4, "metric": 5, "layer sparsity": 6, "calibration windows": 7}
-    lines = ["| " + " | ".join(columns) + " | seeds | achieved sparsity | " + " | ".join(texts) + " | prune time (s) |",
-             "|" + "---|" * len(columns) + "---:|---:|" + "---:|" * len(texts) + "---:|"]
+    lines = ["| " + " | ".join(columns) + " | seeds | requested sparsity | achieved sparsity | " + " | ".join(texts)
+             + " | prune time (s) |",
+             "|" + "---|" * len(columns) + "---:|---:|---:|" + "---:|" * len(texts) + "---:|"]
     for k, runs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         cells = []
         for c in columns:
             v = k[names[c]]
             cells.append(_pattern_label(k[1], k[2]) if c == "pattern" else (_label_b(v) if c == "B" else str(v)))
         ppl = [fmt(*mean_std([r["perplexity"][t] for r in runs if t in r["perplexity"]])) for t in texts]
-        lines.append("| " + " | ".join(cells) + f" | {len(runs)} | {statistics.fmean(r['achieved_sparsity'] for r in runs):.4f} | "
+        lines.append("| " + " | ".join(cells) + f" | {len(runs)} | {_requested(k[1], k[2]):.4f} | "
+                     f"{statistics.fmean(r['achieved_sparsity'] for r in runs):.4f} | "
                      + " | ".join(ppl) + f" | {statistics.fmean(r['seconds'] for r in runs):.0f} |")
     return lines + [""]
 
@@ -616,7 +651,50 @@ def plot(records, texts, out_dir: Path, size) -> list:
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
+    for study, label in (("metric", lambda k: f"{_pattern_label(k[1], k[2])}\n{k[5]}"),
+                         ("owl", lambda k: f"{k[0]} {k[2] * 100:g}%\n{k[6]}")):
+        path = _bar_plot(plt, group(records, study, size), texts, label, out_dir / f"study-{study}.png")
+        if path:
+            written.append(path)
+    runs = [r for r in records if r.get("study") == "runtime" and "steps" in r]
+    if runs:
+        steps = sorted({s for r in runs for s in r["steps"] if s != "prune_linear"})
+        fig, ax = plt.subplots(figsize=(1.2 * len(runs) + 3, 3.6))
+        bottom = [0.0] * len(runs)
+        for i, step in enumerate(steps):
+            values = [r["steps"].get(step, 0.0) for r in runs]
+            ax.bar(range(len(runs)), values, bottom=bottom, label=step, color=f"C{i % 10}")
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_xticks(range(len(runs)), [f"{r['method']}\n{_pattern_label(r['pattern'], r['sparsity'])}" for r in runs],
+                      fontsize=7)
+        ax.set_ylabel("seconds (one thread)")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.tight_layout()
+        path = out_dir / "study-runtime.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
     return written
+
+
+def _bar_plot(plt, groups: dict, texts, label, path: Path):
+    """Perplexity per configuration (mean, seed std as error bars), one panel per text."""
+    if not groups:
+        return None
+    items = sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
+    fig, axes = plt.subplots(1, len(texts), figsize=(max(3.0, 0.9 * len(items)) * len(texts), 3.4), squeeze=False)
+    for i, text in enumerate(texts):
+        ax = axes[0][i]
+        ms = [mean_std([r["perplexity"][text] for r in runs if text in r["perplexity"]]) for _, runs in items]
+        ax.bar(range(len(items)), [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms], capsize=3,
+               color=[f"C{j % 10}" for j in range(len(items))])
+        ax.set_xticks(range(len(items)), [label(k) for k, _ in items], fontsize=6)
+        ax.set_ylabel("perplexity")
+        ax.set_title(text, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def report(args) -> int:
