@@ -40,7 +40,8 @@ def parse_args(argv):
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window (default: 256)")
     p.add_argument("--eval-seqlen", type=int, default=512, help="tokens per perplexity window (default: 512)")
     p.add_argument("--max-windows", type=int, default=8, help="perplexity windows (default: 8)")
-    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--block-size", type=int, default=None,
+                   help="columns per block (default: thanos.default_block_size for each method and pattern)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", default=None, help="comma-separated methods (default: all)")
@@ -49,7 +50,7 @@ def parse_args(argv):
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     for name in ("nsamples", "seqlen", "eval_seqlen", "max_windows", "block_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.only:
         from reference.spec import METHODS
@@ -95,15 +96,16 @@ def markdown(payload: dict) -> str:
         f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32), every Linear of the 30 decoder blocks pruned; "
         f"calibration: {s['nsamples']} random windows of {s['seqlen']} tokens of C4 (seed {s['seed']}); "
         f"perplexity: the first {payload['eval_windows']} non-overlapping windows of {s['eval_seqlen']} tokens of the "
-        f"Wikipedia sample; block size {s['block_size']}, percdamp 0.01. Time: one run of the pruning pass (calibration "
+        f"Wikipedia sample; block size {s['block_size'] or 'B (the default of each method and pattern)'}, percdamp 0.01. Time: one run of the pruning pass (calibration "
         f"forwards + solver), without the evaluation.",
         "",
-        "| method | pattern | alpha | perplexity | sparsity | time (s) |",
-        "|---|---|---|---|---|---|",
-        f"| dense | - | - | {payload['dense_perplexity']:.2f} | 0 | - |",
+        "| method | pattern | alpha | B | perplexity | sparsity | time (s) |",
+        "|---|---|---|---|---|---|---|",
+        f"| dense | - | - | - | {payload['dense_perplexity']:.2f} | 0 | - |",
     ]
     for r in payload["runs"]:
-        lines.append(f"| {r['method']} | {PATTERN_LABEL[r['pattern']]} | {r['alpha']:g} | {r['perplexity']:.2f} | "
+        lines.append(f"| {r['method']} | {PATTERN_LABEL[r['pattern']]} | {r['alpha']:g} | {r.get('block_size', '-')} | "
+                     f"{r['perplexity']:.2f} | "
                      f"{r['achieved_sparsity']:.4f} | {r['seconds']:.1f} |")
     lines += ["", "Targets:", ""]
     for name, met, evidence in payload["targets"]:
@@ -159,7 +161,8 @@ def main(argv=None) -> int:
         result = prune_model(pruned, calibration, method=method, pattern=pattern, sparsity=sparsity, alpha=alpha,
                              block_size=args.block_size, device=args.device, progress=not args.no_progress)
         ppl = data.perplexity(pruned, windows, device=args.device).value
-        runs.append(dict(method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, perplexity=ppl,
+        runs.append(dict(method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, block_size=result.block_size,
+                         perplexity=ppl,
                          achieved_sparsity=result.achieved_sparsity, seconds=result.seconds,
                          solver_seconds=sum(layer.seconds for layer in result.layers)))
         print(f"{method:9s} {pattern:12s} alpha={alpha:<4g} perplexity {ppl:9.3f}  sparsity {result.achieved_sparsity:.4f}  "

@@ -324,3 +324,32 @@ def test_float64_weights_compute_in_float64_by_default():
         r = thanos.prune(torch.tensor(W).to(low), torch.tensor(H), **kwargs)
         r32 = thanos.prune(torch.tensor(W).to(low), torch.tensor(H), compute_dtype=torch.float32, **kwargs)
         assert torch.equal(r.weight, r32.weight)
+
+
+@pytest.mark.parametrize("method", spec.METHODS)
+@pytest.mark.parametrize("pattern", ["unstructured", "structured", "2:4", "4:8"])
+def test_block_size_none_means_the_documented_default_in_both(method, pattern):
+    """``block_size=None`` (the default of ``reference.prune``, ``thanos.prune``, ``prune_model`` and
+    the CLI) is ``spec.default_block_size``: the same result as passing that B (the same code runs
+    twice on the same values, so the results are the same bits), a multiple of M for N:M."""
+    B = thanos.default_block_size(method, pattern)
+    kind, _, m = spec.parse_pattern(pattern)
+    assert B >= 1 and (kind != "N:M" or B % m == 0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1100, 1024 + 8))
+    H = X.T @ X / 1100  # b = 1032 > every default B: the blocks matter
+    W = rng.standard_normal((6, H.shape[0]))
+    sparsity = None if kind == "N:M" else 0.3
+    Hm = None if method == "magnitude" else H
+    for prune, w, h in ((reference.prune, W, Hm), (thanos.prune, torch.tensor(W), None if Hm is None else torch.tensor(Hm))):
+        default = prune(w, h, method=method, pattern=pattern, sparsity=sparsity)
+        explicit = prune(w, h, method=method, pattern=pattern, sparsity=sparsity, block_size=B)
+        assert (np.asarray(default.weight) == np.asarray(explicit.weight)).all()
+        assert (np.asarray(default.mask) == np.asarray(explicit.mask)).all()
+
+
+def test_default_block_size_names_a_wrong_argument():
+    with pytest.raises(ValueError, match="method"):
+        thanos.default_block_size("obs", "2:4")
+    with pytest.raises(ValueError, match="pattern"):
+        thanos.default_block_size("thanos", "4:2")

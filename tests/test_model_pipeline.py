@@ -195,6 +195,16 @@ def test_report_saved_and_progress_optional(tmp_path, capsys):
     assert "block" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method,pattern", [("thanos", "2:4"), ("thanos", "unstructured"), ("sparsegpt", "2:4")])
+def test_the_block_size_reported_is_the_one_used(method, pattern):
+    """No block_size: the result reports the default it pruned with (``thanos.default_block_size``)."""
+    model, _ = tiny_model("llama", layers=1)
+    sparsity = 0.5 if pattern == "unstructured" else None
+    result = prune_model(model, calibration(), method=method, pattern=pattern, sparsity=sparsity, progress=False)
+    assert result.block_size == thanos.default_block_size(method, pattern)
+    assert result.as_dict()["block_size"] == result.block_size
+
+
 def test_decoder_layers_found_or_clear_error():
     model, _ = tiny_model("opt", layers=2)
     assert decoder_layers(model) is model.model.decoder.layers
