@@ -522,6 +522,34 @@ def report_blocksize(records, texts, size) -> list:
     return lines
 
 
+def report_defaults(records, texts, size) -> list:
+    """One line per pattern: Thanos at its default B against SparseGPT at its default, text by text:
+    mean perplexities over the shared seeds, the per-seed paired difference, and the verdict."""
+    from thanos import default_block_size
+
+    groups = group(records, "blocksize", size)
+    lines = ["| pattern | B | seeds | " + " | ".join(texts) + " |", "|---|---:|---:|" + "---|" * len(texts)]
+    for pattern in PATTERN_SPARSITY:
+        pick = {m: next((v for k, v in groups.items() if k[0] == m and k[1] == pattern
+                         and k[3] == default_block_size(m, pattern)), None) for m in ("thanos", "sparsegpt")}
+        if not all(pick.values()):
+            continue
+        cells = []
+        for t in texts:
+            a, b = _paired(pick["thanos"], pick["sparsegpt"], t)
+            if len(a) < 2:
+                cells.append("n/a")
+                continue
+            verdict = beats(a, b).split(" (")[0]
+            pm, ps = mean_std([x - y for x, y in zip(a, b)])
+            cells.append(f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {pm:+.2f} ± {ps:.2f}, "
+                         f"noise {max(mean_std(a)[1], mean_std(b)[1]):.2f}: **{verdict}**")
+        seeds = len(_paired(pick["thanos"], pick["sparsegpt"], texts[0])[0])
+        lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | "
+                     f"{default_block_size('thanos', pattern)} | {seeds} | " + " | ".join(cells) + " |")
+    return lines + [""] if len(lines) > 2 else []
+
+
 def _against_best_b(by_b: dict, texts) -> list:
     """Thanos at each B against the best B, text by text, at the seeds every B ran (paired runs:
     the same calibration windows): percent above the lowest perplexity, and whether a B is within
@@ -716,7 +744,11 @@ def report(args) -> int:
               f"on a machine shared with other jobs (compare them within a table only).", ""]
     if dense:
         lines += ["Dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense[0]["perplexity"].items()), ""]
-    sections = [("Block size", report_blocksize(records, texts, size)),
+    sections = [("The defaults against SparseGPT (Thanos at thanos.default_block_size, SparseGPT at B = 128; "
+                 "cells: Thanos vs SparseGPT mean perplexity, the per-seed paired difference mean ± std, the seed "
+                 "noise = the larger std over seeds, and whether Thanos is ahead by more than that noise)",
+                 report_defaults(records, texts, size)),
+                ("Block size", report_blocksize(records, texts, size)),
                 ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"], size)),
                 ("Alpha", report_generic(records, texts, "alpha", ["method", "pattern", "alpha"], size)),
                 ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "calibration windows"], size)),
