@@ -371,7 +371,7 @@ def run_study(args) -> int:
                       command=args.command)
         _append(out, record)
         ppl = "  ".join(f"{n} {v:.2f}" for n, v in record["perplexity"].items())
-        print(f"[{i}/{len(todo)}] {config.method} {config.pattern} B={config.block_size} alpha={config.alpha} "
+        print(f"[{i}/{len(todo)}] {config.method} {config.pattern} B={record['block_size']} alpha={config.alpha} "
               f"metric={config.metric} {config.layer_sparsity} n={record['nsamples']} seed={seed}: {ppl}  "
               f"sparsity {record['achieved_sparsity']:.4f}  {record['seconds']:.0f} s", flush=True)
     return 0
@@ -643,11 +643,11 @@ def plot(records, texts, out_dir: Path, size) -> list:
             for i, text in enumerate(texts):
                 ax = axes[i][j]
                 xs = [b for b, _ in thanos_runs]
-                ms = [mean_std([r["perplexity"][text] for r in v]) for _, v in thanos_runs]
+                ms = [mean_std(_values(v, text)) for _, v in thanos_runs]
                 ax.errorbar(xs, [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms], marker="o",
                             capsize=3, label="Thanos")
                 if base:
-                    m, s = mean_std([r["perplexity"][text] for r in base[0]])
+                    m, s = mean_std(_values(base[0], text))
                     ax.axhline(m, color="C1", label="SparseGPT (B=128)")
                     if not math.isnan(s):
                         ax.axhspan(m - s, m + s, color="C1", alpha=0.2)
@@ -677,7 +677,7 @@ def plot(records, texts, out_dir: Path, size) -> list:
             ax = axes[0][i]
             for (method, pattern, sparsity), points in sorted(series.items()):
                 points.sort()
-                ms = [mean_std([r["perplexity"][text] for r in v]) for _, v in points]
+                ms = [mean_std(_values(v, text)) for _, v in points]
                 ax.errorbar([x for x, _ in points], [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms],
                             marker="o", capsize=3, label=f"{method} {_pattern_label(pattern, sparsity)}")
             ax.set_xlabel(xlabel)
@@ -716,6 +716,11 @@ def plot(records, texts, out_dir: Path, size) -> list:
     return written
 
 
+def _values(runs: list, text: str) -> list:
+    """The perplexities on ``text`` of the runs that were evaluated on it."""
+    return [r["perplexity"][text] for r in runs if text in r["perplexity"]]
+
+
 def _bar_plot(plt, groups: dict, texts, label, path: Path):
     """Perplexity per configuration (mean, seed std as error bars), one panel per text."""
     if not groups:
@@ -724,7 +729,7 @@ def _bar_plot(plt, groups: dict, texts, label, path: Path):
     fig, axes = plt.subplots(1, len(texts), figsize=(max(3.0, 0.9 * len(items)) * len(texts), 3.4), squeeze=False)
     for i, text in enumerate(texts):
         ax = axes[0][i]
-        ms = [mean_std([r["perplexity"][text] for r in runs if text in r["perplexity"]]) for _, runs in items]
+        ms = [mean_std(_values(runs, text)) for _, runs in items]
         ax.bar(range(len(items)), [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms], capsize=3,
                color=[f"C{j % 10}" for j in range(len(items))])
         ax.set_xticks(range(len(items)), [label(k) for k, _ in items], fontsize=6)

@@ -216,6 +216,11 @@ def test_a_run_missing_a_requested_text_is_run_again_and_the_newest_record_count
     # the same run, the same code, one process: the shared text's perplexity is the same number
     old = {study.record_key(r, "quick"): r["perplexity"]["wiki"] for r in first}
     assert all(old[study.record_key(r, "quick")] == r["perplexity"]["wiki"] for r in newest)
+    # runs evaluated on fewer texts than others: the tables and plots show what each run has
+    assert study.main(argv[:5] + ["--block-sizes", "0", "--out", str(out), "--no-progress", "--texts", "wiki"],
+                      loader=tiny_study) == 0
+    assert study.main(["report", "--out", str(out)]) == 0
+    assert (tmp_path / "study-blocksize.png").stat().st_size > 1000
 
 
 def test_whole_layer_block_size_equals_the_widest_input(tiny_study):
