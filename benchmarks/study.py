@@ -642,15 +642,28 @@ def plot(records, texts, out_dir: Path, size) -> list:
             base = [v for k, v in groups.items() if k[0] == "sparsegpt" and k[1] == pattern]
             for i, text in enumerate(texts):
                 ax = axes[i][j]
+                # one line per seed that every B ran (paired: the same calibration windows), so that
+                # B's with more seeds do not shift the line; mean +- std where a B ran several seeds
                 xs = [b for b, _ in thanos_runs]
-                ms = [mean_std(_values(v, text)) for _, v in thanos_runs]
-                ax.errorbar(xs, [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms], marker="o",
-                            capsize=3, label="Thanos")
+                common = set.intersection(*({r["seed"] for r in v} for _, v in thanos_runs)) if thanos_runs else set()
+                for n, seed in enumerate(sorted(common)):
+                    ax.plot(xs, [next(r["perplexity"].get(text, math.nan) for r in v if r["seed"] == seed)
+                                 for _, v in thanos_runs], marker="o", color="C0", alpha=1.0 if n == 0 else 0.4,
+                            label=f"Thanos, seed {seed}")
+                several = [(b, v) for b, v in thanos_runs if len(_values(v, text)) > 1]
+                if several:
+                    ms = [mean_std(_values(v, text)) for _, v in several]
+                    ax.errorbar([b for b, _ in several], [m for m, _ in ms], yerr=[s for _, s in ms], fmt="s",
+                                color="C2", capsize=4, label=f"Thanos, mean ± std ({len(_values(several[0][1], text))} seeds)")
                 if base:
                     m, s = mean_std(_values(base[0], text))
-                    ax.axhline(m, color="C1", label="SparseGPT (B=128)")
+                    ax.axhline(m, color="C1", label="SparseGPT (B=128), mean ± std")
                     if not math.isnan(s):
                         ax.axhspan(m - s, m + s, color="C1", alpha=0.2)
+                    for seed in sorted(common):
+                        same = [r["perplexity"][text] for r in base[0] if r["seed"] == seed and text in r["perplexity"]]
+                        if same:
+                            ax.axhline(same[0], color="C1", linestyle="--", linewidth=1, label=f"SparseGPT, seed {seed}")
                 if xs:
                     ax.set_xscale("log", base=2)
                     ax.set_xticks(xs, [("whole" if x == 4096 else str(x)) for x in xs])
