@@ -458,21 +458,38 @@ def fmt(mean: float, std: float) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def beats(a: list, b: list) -> str:
-    """Whether mean(a) < mean(b) by more than the seed noise, for runs paired by seed (the same
-    calibration windows): "yes" when the mean difference exceeds the larger of the two standard
-    deviations over seeds, "worse" when it does so the other way, else "within noise". Also shown:
-    the per-seed paired differences, mean ± std."""
+@dataclass(frozen=True)
+class Comparison:
+    """Runs ``a`` (Thanos) against runs ``b`` (SparseGPT), paired by seed (the same calibration
+    windows). ``difference`` = mean(a) - mean(b) (negative: ``a`` has the lower perplexity);
+    ``noise`` = the larger of the two standard deviations over seeds; ``paired_mean`` /
+    ``paired_std``: of the per-seed differences a - b; ``verdict``: "yes" when ``a`` is lower by
+    more than the noise, "worse" when higher by more, else "within noise"."""
+
+    difference: float
+    noise: float
+    paired_mean: float
+    paired_std: float
+    verdict: str
+
+
+def compare(a: list, b: list) -> Optional[Comparison]:
+    """``Comparison`` of two paired lists of perplexities, or None with fewer than 2 seeds."""
     if len(a) < 2 or len(b) < 2:
+        return None
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    difference, noise = ma - mb, max(sa, sb)
+    verdict = "yes" if -difference > noise else ("worse" if difference > noise else "within noise")
+    pm, ps = mean_std([x - y for x, y in zip(a, b)])
+    return Comparison(difference, noise, pm, ps, verdict)
+
+
+def beats(a: list, b: list) -> str:
+    """Whether mean(a) < mean(b) by more than the seed noise (``compare``), with the numbers."""
+    c = compare(a, b)
+    if c is None:
         return "n/a (fewer than 2 seeds)"
-    ma, sa = mean_std(a)
-    mb, sb = mean_std(b)
-    diff = mb - ma
-    noise = max(sa, sb)
-    verdict = "yes" if diff > noise else ("worse" if -diff > noise else "within noise")
-    paired = [y - x for x, y in zip(a, b)]
-    pm, ps = mean_std(paired)
-    return f"{verdict} ({diff:+.2f}; noise {noise:.2f}; paired {pm:+.2f} ± {ps:.2f})"
+    return f"{c.verdict} ({c.difference:+.2f}; noise {c.noise:.2f}; paired {c.paired_mean:+.2f} ± {c.paired_std:.2f})"
 
 
 def _label_b(b: int) -> str:
@@ -482,10 +499,10 @@ def _label_b(b: int) -> str:
 def _requested(pattern, sparsity) -> float:
     """The sparsity a run asked for: N/M for N:M, else its ``sparsity`` (alpha > 0 at N:M keeps rows
     dense, so less is achieved; at structured the other rows are pruned more, so as much is)."""
-    if ":" in pattern:
-        n, m = (int(x) for x in pattern.split(":"))
-        return n / m
-    return sparsity
+    from reference import spec
+
+    kind, n, m = spec.parse_pattern(pattern)
+    return n / m if kind == "N:M" else sparsity
 
 
 def _pattern_label(pattern, sparsity):
@@ -501,8 +518,9 @@ def report_blocksize(records, texts, size) -> list:
     lines = []
     patterns = sorted({(k[1], k[2]) for k in groups}, key=lambda p: list(PATTERN_SPARSITY).index(p[0]))
     for pattern, sparsity in patterns:
-        lines += [f"**{_pattern_label(pattern, sparsity)}** (perplexity, mean ± std over seeds; "
-                  f"'beats SparseGPT' = the difference exceeds the larger std)", "",
+        lines += [f"**{_pattern_label(pattern, sparsity)}** (perplexity, mean ± std over seeds; 'beats "
+                  f"SparseGPT': whether Thanos is lower by more than the larger std, then Thanos - SparseGPT: the "
+                  f"difference of the means, the noise, the per-seed paired difference)", "",
                   "| method | B | seeds | " + " | ".join(texts) + " | " +
                   " | ".join(f"beats SparseGPT on {t}" for t in texts) + " | prune time (s) |",
                   "|---|---|---:|" + "---:|" * len(texts) + "---|" * len(texts) + "---:|"]
@@ -537,13 +555,10 @@ def report_defaults(records, texts, size) -> list:
         cells = []
         for t in texts:
             a, b = _paired(pick["thanos"], pick["sparsegpt"], t)
-            if len(a) < 2:
-                cells.append("n/a")
-                continue
-            verdict = beats(a, b).split(" (")[0]
-            pm, ps = mean_std([x - y for x, y in zip(a, b)])
-            cells.append(f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {pm:+.2f} ± {ps:.2f}, "
-                         f"noise {max(mean_std(a)[1], mean_std(b)[1]):.2f}: **{verdict}**")
+            c = compare(a, b)
+            cells.append("n/a" if c is None else
+                         f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
+                         f"{c.paired_std:.2f}, noise {c.noise:.2f}: **{c.verdict}**")
         seeds = len(_paired(pick["thanos"], pick["sparsegpt"], texts[0])[0])
         lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | "
                      f"{default_block_size('thanos', pattern)} | {seeds} | " + " | ".join(cells) + " |")
@@ -787,7 +802,7 @@ def report(args) -> int:
     for title, body in sections:
         if body:
             lines += [f"#### {title}", ""] + body
-    pngs = plot(records, texts, path.parent, SIZES[args.size])
+    pngs = plot(records, texts, path.parent, size)
     lines += ["Plots: " + ", ".join(f"`{p.relative_to(HERE.parent) if p.is_relative_to(HERE.parent) else p}`" for p in pngs), ""]
     text = "\n".join(lines)
     (path.parent / f"study-{args.size}.md").write_text(text, encoding="utf-8")

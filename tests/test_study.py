@@ -275,6 +275,8 @@ def test_beats_needs_the_difference_above_the_noise():
     assert study.beats([10.0, 11.0, 9.0], [10.5, 11.5, 9.5]).startswith("within noise")
     assert study.beats([12.0, 12.1, 11.9], [10.0, 10.1, 9.9]).startswith("worse")
     assert study.beats([10.0], [12.0]).startswith("n/a")
+    c = study.compare([10.0, 10.1, 9.9], [12.0, 12.2, 11.8])  # Thanos - SparseGPT: negative when Thanos is lower
+    assert c.difference == pytest.approx(-2.0) and c.paired_mean == pytest.approx(-2.0) and c.noise == pytest.approx(0.2)
     assert json.loads(study.Config("blocksize", "thanos", "2:4", None).key(0, "quick"))[-1] == 0
 
 
