@@ -485,5 +485,5 @@ def test_bad_arguments_raise_value_error_before_any_work(W, H, change, message):
     W_before = W.clone() if isinstance(W, torch.Tensor) else W.copy()
     with pytest.raises(ValueError, match=message):
         thanos.prune(W, H, **{**_GOOD, **change})
-    if isinstance(W, torch.Tensor):
+    if isinstance(W, torch.Tensor):  # no arithmetic: the input must be the very values it was
         torch.testing.assert_close(W, W_before, rtol=0, atol=0, equal_nan=True)

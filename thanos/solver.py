@@ -122,32 +122,33 @@ def _tf32(allow: bool):
         torch.backends.cudnn.allow_tf32 = cudnn
 
 
+def _working_copies(W, H, dtype):
+    """(Wk, W0, Hc, norms): the weights to prune and their original, H and ||X_j|| (from the
+    undamped H), in the compute dtype on W's device; Hc and norms None without H."""
+    Wk = W.detach().to(device=W.device, dtype=dtype, copy=True)
+    if H is None:
+        return Wk, Wk.clone(), None, None
+    Hc = H.detach().to(device=W.device, dtype=dtype, copy=True)
+    return Wk, Wk.clone(), Hc, torch.sqrt(Hc.diagonal().clamp(min=0) / 2)
+
+
 def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
     device = W.device
-    Wk = W.detach().to(device=device, dtype=dtype, copy=True)
-    W0 = Wk.clone()
+    Wk, W0, Hc, norms = _working_copies(W, H, dtype)
     c, b = Wk.shape
     mask = torch.zeros((c, b), dtype=torch.bool, device=device)
     damping, outliers = None, torch.zeros(0, dtype=torch.long, device=device)
-    Hc = norms = None
     dead = torch.zeros(b, dtype=torch.bool, device=device)
-    if H is not None:
-        Hc = H.detach().to(device=device, dtype=dtype, copy=True)
-        norms = torch.sqrt(Hc.diagonal().clamp(min=0) / 2)  # ||X_j||, from the undamped H
-        if opts.method != "magnitude":  # dead columns (H_jj = 0) are pruned first
-            dead = H.detach().diagonal().to(device) == 0
+    if H is not None and opts.method != "magnitude":  # dead columns (H_jj = 0) are pruned first
+        dead = H.detach().diagonal().to(device) == 0
 
     loss = None
     if opts.method in ("thanos", "sparsegpt"):
         structured = opts.method == "thanos" and opts.kind == "structured"
         V, U, Hdamped, damping = _prepare_hessian(Wk, H, Hc, dead, opts.percdamp, explicit)
         if U.dtype != dtype:  # float32 cannot factor the load float64 accepts: compute in float64
-            dtype = U.dtype
-            Wk = W.detach().to(device=device, dtype=dtype, copy=True)
-            Wk[:, dead] = 0.0
-            W0 = W.detach().to(device=device, dtype=dtype, copy=True)
-            Hc = H.detach().to(device=device, dtype=dtype, copy=True)
-            norms = torch.sqrt(Hc.diagonal().clamp(min=0) / 2)
+            Wk, W0, Hc, norms = _working_copies(W, H, U.dtype)
+            Wk[:, dead] = 0.0  # as _prepare_hessian did to the float32 copy
         if opts.method == "sparsegpt":
             _sparsegpt(Wk, U, opts, mask, dead)
         else:
