@@ -337,6 +337,10 @@ def run_study(args) -> int:
     size = SIZES[args.size]
     if args.block_sizes:
         size = dataclasses.replace(size, block_sizes=tuple(int(b) for b in args.block_sizes.split(",")))
+    if args.alphas:
+        size = dataclasses.replace(size, alphas=tuple(float(a) for a in args.alphas.split(",")))
+    if args.calibration_windows:
+        size = dataclasses.replace(size, calibration_counts=tuple(int(n) for n in args.calibration_windows.split(",")))
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else size.seeds
     grid = [c for c in configs(args.study, size, _patterns(args)) if args.only_method in (None, c.method)]
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
@@ -464,13 +468,16 @@ class Comparison:
     windows). ``difference`` = mean(a) - mean(b) (negative: ``a`` has the lower perplexity);
     ``noise`` = the larger of the two standard deviations over seeds; ``paired_mean`` /
     ``paired_std``: of the per-seed differences a - b; ``verdict``: "yes" when ``a`` is lower by
-    more than the noise, "worse" when higher by more, else "within noise"."""
+    more than the noise, "worse" when higher by more, else "within noise". ``paired_p``: the
+    two-sided p-value of a paired t-test of the per-seed differences (nan when they are all
+    equal): reported beside the verdict, which stays the stricter, unpaired rule."""
 
     difference: float
     noise: float
     paired_mean: float
     paired_std: float
     verdict: str
+    paired_p: float = math.nan
 
 
 def compare(a: list, b: list) -> Optional[Comparison]:
@@ -481,7 +488,22 @@ def compare(a: list, b: list) -> Optional[Comparison]:
     difference, noise = ma - mb, max(sa, sb)
     verdict = "yes" if -difference > noise else ("worse" if difference > noise else "within noise")
     pm, ps = mean_std([x - y for x, y in zip(a, b)])
-    return Comparison(difference, noise, pm, ps, verdict)
+    return Comparison(difference, noise, pm, ps, verdict, paired_t_test(a, b))
+
+
+def paired_t_test(a: list, b: list) -> float:
+    """Two-sided p-value of the paired t-test of ``a - b`` against 0 (nan when every difference is
+    the same, where the test has no spread to judge by)."""
+    from scipy import stats
+
+    d = [x - y for x, y in zip(a, b)]
+    if len(d) < 2 or max(d) == min(d):
+        return math.nan
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def _p(p: float) -> str:
+    return "p n/a" if math.isnan(p) else (f"p {p:.3f}" if p >= 0.001 else "p < 0.001")
 
 
 def beats(a: list, b: list) -> str:
@@ -489,7 +511,8 @@ def beats(a: list, b: list) -> str:
     c = compare(a, b)
     if c is None:
         return "n/a (fewer than 2 seeds)"
-    return f"{c.verdict} ({c.difference:+.2f}; noise {c.noise:.2f}; paired {c.paired_mean:+.2f} ± {c.paired_std:.2f})"
+    return (f"{c.verdict} ({c.difference:+.2f}; noise {c.noise:.2f}; paired {c.paired_mean:+.2f} ± {c.paired_std:.2f}, "
+            f"{_p(c.paired_p)})")
 
 
 def _label_b(b: int) -> str:
@@ -541,27 +564,32 @@ def report_blocksize(records, texts, size) -> list:
 
 
 def report_defaults(records, texts, size) -> list:
-    """One line per pattern: Thanos at its default B against SparseGPT at its default, text by text:
-    mean perplexities over the shared seeds, the per-seed paired difference, and the verdict."""
+    """One line per pattern and calibration size: Thanos at its default B against SparseGPT at its
+    default, text by text: mean perplexities over the shared seeds, the per-seed paired difference,
+    the seed noise, the verdict and the paired t-test's p-value."""
     from thanos import default_block_size
 
-    groups = group(records, "blocksize", size)
-    lines = ["| pattern | B | seeds | " + " | ".join(texts) + " |", "|---|---:|---:|" + "---|" * len(texts)]
+    groups = group(records, "calibration", size)  # default B, psi, uniform, alpha 0: every window count
+    lines = ["| pattern | B | calibration windows | seeds | " + " | ".join(texts) + " |",
+             "|---|---:|---:|---:|" + "---|" * len(texts)]
     for pattern in PATTERN_SPARSITY:
-        pick = {m: next((v for k, v in groups.items() if k[0] == m and k[1] == pattern
-                         and k[3] == default_block_size(m, pattern)), None) for m in ("thanos", "sparsegpt")}
-        if not all(pick.values()):
-            continue
-        cells = []
-        for t in texts:
-            a, b = _paired(pick["thanos"], pick["sparsegpt"], t)
-            c = compare(a, b)
-            cells.append("n/a" if c is None else
-                         f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
-                         f"{c.paired_std:.2f}, noise {c.noise:.2f}: **{c.verdict}**")
-        seeds = len(_paired(pick["thanos"], pick["sparsegpt"], texts[0])[0])
-        lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | "
-                     f"{default_block_size('thanos', pattern)} | {seeds} | " + " | ".join(cells) + " |")
+        for n in sorted({k[7] for k in groups if k[1] == pattern}):
+            pick = {m: next((v for k, v in groups.items() if k[0] == m and k[1] == pattern and k[7] == n), None)
+                    for m in ("thanos", "sparsegpt")}
+            if not all(pick.values()):
+                continue
+            cells = []
+            for t in texts:
+                a, b = _paired(pick["thanos"], pick["sparsegpt"], t)
+                c = compare(a, b)
+                cells.append("-" if c is None else
+                             f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
+                             f"{c.paired_std:.2f}, noise {c.noise:.2f}, {_p(c.paired_p)}: **{c.verdict}**")
+            if all(c == "-" for c in cells):
+                continue
+            seeds = max(len(_paired(pick["thanos"], pick["sparsegpt"], t)[0]) for t in texts)
+            lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | "
+                         f"{default_block_size('thanos', pattern)} | {n} | {seeds} | " + " | ".join(cells) + " |")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -600,10 +628,11 @@ def _best_b_table(by_b: dict, texts, seeds: set) -> list:
 
 
 def _paired(a_runs, b_runs, text):
-    seeds = {r["seed"] for r in a_runs} & {r["seed"] for r in b_runs}
-    a = [r["perplexity"][text] for r in sorted(a_runs, key=lambda r: r["seed"]) if r["seed"] in seeds and text in r["perplexity"]]
-    b = [r["perplexity"][text] for r in sorted(b_runs, key=lambda r: r["seed"]) if r["seed"] in seeds and text in r["perplexity"]]
-    return a, b
+    """The perplexities on ``text`` of the seeds both run lists evaluated it at, in seed order."""
+    a_of = {r["seed"]: r["perplexity"][text] for r in a_runs if text in r["perplexity"]}
+    b_of = {r["seed"]: r["perplexity"][text] for r in b_runs if text in r["perplexity"]}
+    seeds = sorted(a_of.keys() & b_of.keys())
+    return [a_of[s] for s in seeds], [b_of[s] for s in seeds]
 
 
 def report_generic(records, texts, study, columns, size) -> list:
@@ -790,7 +819,8 @@ def report(args) -> int:
         lines += ["Dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense[0]["perplexity"].items()), ""]
     sections = [("The defaults against SparseGPT (Thanos at thanos.default_block_size, SparseGPT at B = 128; "
                  "cells: Thanos vs SparseGPT mean perplexity, the per-seed paired difference mean ± std, the seed "
-                 "noise = the larger std over seeds, and whether Thanos is ahead by more than that noise)",
+                 "noise = the larger std over seeds, the two-sided p-value of a paired t-test of the per-seed "
+                 "differences, and whether Thanos is ahead by more than the noise: the verdict)",
                  report_defaults(records, texts, size)),
                 ("Block size", report_blocksize(records, texts, size)),
                 ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"], size)),
@@ -824,6 +854,10 @@ def parse_args(argv):
     p.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: the size's)")
     p.add_argument("--block-sizes", default=None,
                    help="blocksize study: comma-separated block sizes, 0 = the whole layer (default: the size's)")
+    p.add_argument("--alphas", default=None,
+                   help="alpha study: comma-separated alphas in [0, 1) (default: the size's)")
+    p.add_argument("--calibration-windows", default=None,
+                   help="calibration study: comma-separated numbers of calibration windows > 0 (default: the size's)")
     p.add_argument("--texts", default="wiki,c4-heldout", help=f"comma-separated evaluation texts among {TEXTS}")
     p.add_argument("--only-method", default=None, help="run only this method's configurations")
     p.add_argument("--device", default="cpu")
@@ -845,6 +879,18 @@ def parse_args(argv):
                 raise ValueError
         except ValueError:
             p.error(f"--block-sizes must be comma-separated integers >= 0, got {args.block_sizes!r}")
+    if args.alphas:
+        try:
+            if any(not 0 <= float(a) < 1 for a in args.alphas.split(",")):
+                raise ValueError
+        except ValueError:
+            p.error(f"--alphas must be comma-separated numbers in [0, 1), got {args.alphas!r}")
+    if args.calibration_windows:
+        try:
+            if any(int(n) < 1 for n in args.calibration_windows.split(",")):
+                raise ValueError
+        except ValueError:
+            p.error(f"--calibration-windows must be comma-separated integers > 0, got {args.calibration_windows!r}")
     if args.seeds:
         try:
             [int(s) for s in args.seeds.split(",")]

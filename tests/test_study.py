@@ -245,6 +245,28 @@ def test_other_studies_run_at_a_tiny_size(tmp_path, tiny_study, name, patterns):
     assert study.main(["report", "--out", str(out)]) == 0
 
 
+@pytest.mark.parametrize("option,values,field", [("--calibration-windows", "3", "nsamples"), ("--alphas", "0.5", "alpha")])
+def test_a_study_grid_can_be_widened_from_the_command_line(tmp_path, tiny_study, option, values, field):
+    """--calibration-windows / --alphas replace the size's grid, as --block-sizes does."""
+    out = tmp_path / "runs.jsonl"
+    name = "calibration" if field == "nsamples" else "alpha"
+    assert study.main([name, "--patterns", "structured", "--seeds", "0", "--only-method", "thanos", option, values,
+                       "--out", str(out), "--no-progress"], loader=tiny_study) == 0
+    runs = [r for r in study.read_records(out) if r["method"] != "dense"]
+    assert [r[field] for r in runs] == [float(values) if field == "alpha" else int(values)]
+
+
+def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp_path, tiny_study):
+    out = tmp_path / "runs.jsonl"
+    assert study.main(["calibration", "--patterns", "structured", "--seeds", "0,1", "--out", str(out),
+                       "--no-progress"], loader=tiny_study) == 0
+    records = study.newest_records(study.read_records(out), "quick")
+    lines = study.report_defaults(records, ["wiki"], TINY)
+    rows = [line for line in lines if line.startswith("| structured")]
+    assert [row.split(" | ")[2] for row in rows] == [str(n) for n in sorted(TINY.calibration_counts)]
+    assert all(" p " in row or "p < 0.001" in row or "p n/a" in row for row in rows)
+
+
 def test_runtime_breakdown_adds_up(tmp_path, tiny_study):
     out = tmp_path / "runs.jsonl"
     assert study.main(["runtime", "--in-process", "--patterns", "unstructured", "--seeds", "0", "--out", str(out),
@@ -268,6 +290,10 @@ def test_study_arguments_are_checked():
         study.parse_args(["blocksize", "--texts", "news"])
     with pytest.raises(SystemExit):
         study.parse_args(["blocksize", "--seeds", "a,b"])
+    for option, bad in (("--alphas", "1.0"), ("--alphas", "x"), ("--calibration-windows", "0"),
+                        ("--calibration-windows", "2.5"), ("--block-sizes", "-1")):
+        with pytest.raises(SystemExit):
+            study.parse_args(["alpha", option, bad])
 
 
 def test_beats_needs_the_difference_above_the_noise():
@@ -278,6 +304,23 @@ def test_beats_needs_the_difference_above_the_noise():
     c = study.compare([10.0, 10.1, 9.9], [12.0, 12.2, 11.8])  # Thanos - SparseGPT: negative when Thanos is lower
     assert c.difference == pytest.approx(-2.0) and c.paired_mean == pytest.approx(-2.0) and c.noise == pytest.approx(0.2)
     assert json.loads(study.Config("blocksize", "thanos", "2:4", None).key(0, "quick"))[-1] == 0
+
+
+def test_paired_t_test_matches_the_closed_form_at_two_degrees_of_freedom():
+    """Differences -1, -2, -3: t = mean / (s / sqrt(n)) = -2 / (1 / sqrt(3)) = -sqrt(12), and with two
+    degrees of freedom the t distribution's CDF is 1/2 + t / (2 sqrt(2 + t^2)), so the two-sided
+    p = 1 - sqrt(12) / sqrt(14)."""
+    p = study.paired_t_test([10.0, 10.0, 10.0], [11.0, 12.0, 13.0])
+    assert p == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-9)
+    assert study.compare([10.0, 10.0, 10.0], [11.0, 12.0, 13.0]).paired_p == p
+    assert math.isnan(study.paired_t_test([1.0, 2.0], [2.0, 3.0]))  # no spread in the differences
+
+
+def test_paired_runs_line_up_by_seed_when_a_text_is_missing_on_one_side():
+    a = [dict(seed=0, perplexity={"wiki": 1.0}), dict(seed=1, perplexity={"wiki": 2.0, "code": 5.0})]
+    b = [dict(seed=1, perplexity={"wiki": 3.0, "code": 6.0}), dict(seed=0, perplexity={"wiki": 4.0, "code": 7.0})]
+    assert study._paired(a, b, "wiki") == ([1.0, 2.0], [4.0, 3.0])
+    assert study._paired(a, b, "code") == ([5.0], [6.0])
 
 
 def test_cli_prune_with_owl_reaches_prune_model(tmp_path):
