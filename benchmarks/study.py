@@ -470,7 +470,9 @@ class Comparison:
     ``paired_std``: of the per-seed differences a - b; ``verdict``: "yes" when ``a`` is lower by
     more than the noise, "worse" when higher by more, else "within noise". ``paired_p``: the
     two-sided p-value of a paired t-test of the per-seed differences (nan when they are all
-    equal): reported beside the verdict, which stays the stricter, unpaired rule."""
+    equal): reported beside the verdict, not folded into it. The two answer different questions
+    (is the gap larger than one seed's scatter; is it consistent across paired seeds) and can
+    disagree, most with two seeds, where the t-test has one degree of freedom."""
 
     difference: float
     noise: float
@@ -563,33 +565,41 @@ def report_blocksize(records, texts, size) -> list:
     return lines
 
 
+def defaults_pairs(records, size) -> list:
+    """[(pattern, calibration windows, Thanos runs, SparseGPT runs)]: each method at its default B
+    (psi, uniform, alpha 0), for every calibration size both ran."""
+    groups = group(records, "calibration", size)  # default B, psi, uniform, alpha 0: every window count
+    out = []
+    for pattern in PATTERN_SPARSITY:
+        for n in sorted({k[7] for k in groups if k[1] == pattern}):
+            pick = {m: next((v for k, v in groups.items() if k[0] == m and k[1] == pattern and k[7] == n), None)
+                    for m in ("thanos", "sparsegpt")}
+            if all(pick.values()):
+                out.append((pattern, n, pick["thanos"], pick["sparsegpt"]))
+    return out
+
+
 def report_defaults(records, texts, size) -> list:
     """One line per pattern and calibration size: Thanos at its default B against SparseGPT at its
     default, text by text: mean perplexities over the shared seeds, the per-seed paired difference,
     the seed noise, the verdict and the paired t-test's p-value."""
     from thanos import default_block_size
 
-    groups = group(records, "calibration", size)  # default B, psi, uniform, alpha 0: every window count
     lines = ["| pattern | B | calibration windows | seeds | " + " | ".join(texts) + " |",
              "|---|---:|---:|---:|" + "---|" * len(texts)]
-    for pattern in PATTERN_SPARSITY:
-        for n in sorted({k[7] for k in groups if k[1] == pattern}):
-            pick = {m: next((v for k, v in groups.items() if k[0] == m and k[1] == pattern and k[7] == n), None)
-                    for m in ("thanos", "sparsegpt")}
-            if not all(pick.values()):
-                continue
-            cells = []
-            for t in texts:
-                a, b = _paired(pick["thanos"], pick["sparsegpt"], t)
-                c = compare(a, b)
-                cells.append("-" if c is None else
-                             f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
-                             f"{c.paired_std:.2f}, noise {c.noise:.2f}, {_p(c.paired_p)}: **{c.verdict}**")
-            if all(c == "-" for c in cells):
-                continue
-            seeds = max(len(_paired(pick["thanos"], pick["sparsegpt"], t)[0]) for t in texts)
-            lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | "
-                         f"{default_block_size('thanos', pattern)} | {n} | {seeds} | " + " | ".join(cells) + " |")
+    for pattern, n, thanos_runs, sparsegpt_runs in defaults_pairs(records, size):
+        cells = []
+        for t in texts:
+            a, b = _paired(thanos_runs, sparsegpt_runs, t)
+            c = compare(a, b)
+            cells.append("-" if c is None else
+                         f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
+                         f"{c.paired_std:.2f}, noise {c.noise:.2f}, {_p(c.paired_p)}: **{c.verdict}**")
+        if all(c == "-" for c in cells):
+            continue
+        seeds = max(len(_paired(thanos_runs, sparsegpt_runs, t)[0]) for t in texts)
+        lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | "
+                     f"{default_block_size('thanos', pattern)} | {n} | {seeds} | " + " | ".join(cells) + " |")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -668,6 +678,48 @@ def report_runtime(records) -> list:
     return lines + [""]
 
 
+def plot_defaults(plt, records, texts, out_dir: Path, size) -> Optional[Path]:
+    """The target at a glance: per pattern, per text, Thanos - SparseGPT at their default B, in % of
+    SparseGPT's perplexity, one dot per seed (paired: the same calibration windows) and the mean ±
+    std, one colour per calibration size. Below zero: Thanos is better."""
+    pairs = [p for p in defaults_pairs(records, size) if any(len(_paired(p[2], p[3], t)[0]) >= 2 for t in texts)]
+    patterns = [p for p in PATTERN_SPARSITY if any(q[0] == p for q in pairs)]
+    if not patterns:
+        return None
+    counts = sorted({q[1] for q in pairs})
+    cols = min(2, len(patterns))
+    rows = -(-len(patterns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[len(patterns):]:
+        ax.axis("off")
+    for j, pattern in enumerate(patterns):
+        ax = axes.flat[j]
+        for _, n, thanos_runs, sparsegpt_runs in (q for q in pairs if q[0] == pattern):
+            colour = f"C{counts.index(n)}"
+            shift = (counts.index(n) - (len(counts) - 1) / 2) * 0.18
+            labelled = False
+            for i, t in enumerate(texts):
+                a, b = _paired(thanos_runs, sparsegpt_runs, t)
+                if len(a) < 2:
+                    continue
+                rel = [100 * (x - y) / y for x, y in zip(a, b)]
+                m, s = mean_std(rel)
+                ax.scatter([i + shift] * len(rel), rel, color=colour, alpha=0.35, s=14)
+                ax.errorbar([i + shift], [m], yerr=[s], fmt="o", color=colour, capsize=4,
+                            label=None if labelled else f"{n} windows, {len(rel)} seeds")
+                labelled = True
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(texts)), texts, rotation=30, fontsize=8)
+        ax.set_title(f"{_pattern_label(pattern, PATTERN_SPARSITY[pattern])}: Thanos - SparseGPT", fontsize=9)
+        ax.set_ylabel("perplexity difference, % of SparseGPT's")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "study-defaults.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot(records, texts, out_dir: Path, size) -> list:
     """PNG plots: perplexity against B per pattern (Thanos, SparseGPT as a band), per text."""
     import matplotlib
@@ -676,6 +728,9 @@ def plot(records, texts, out_dir: Path, size) -> list:
     import matplotlib.pyplot as plt
 
     written = []
+    path = plot_defaults(plt, records, texts, out_dir, size)
+    if path:
+        written.append(path)
     groups = group(records, "blocksize", size)
     patterns = sorted({(k[1], k[2]) for k in groups}, key=lambda p: list(PATTERN_SPARSITY).index(p[0]))
     patterns = [p for p in patterns if p[0] != "structured"]

@@ -265,6 +265,8 @@ def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp
     rows = [line for line in lines if line.startswith("| structured")]
     assert [row.split(" | ")[2] for row in rows] == [str(n) for n in sorted(TINY.calibration_counts)]
     assert all(" p " in row or "p < 0.001" in row or "p n/a" in row for row in rows)
+    assert study.main(["report", "--out", str(out)]) == 0
+    assert (tmp_path / "study-defaults.png").stat().st_size > 1000
 
 
 def test_runtime_breakdown_adds_up(tmp_path, tiny_study):
