@@ -607,15 +607,16 @@ def _against_best_b(by_b: dict, texts) -> list:
     """Thanos at each B against the best B, text by text, at the seeds every B ran (paired runs:
     the same calibration windows): percent above the lowest perplexity, its mean over the texts,
     and whether a B is within 1 % of the best on every text. A second table does the same for the
-    block sizes that ran more seeds, over those seeds."""
+    block sizes that ran several seeds, over the seeds they share."""
     if len(by_b) < 2:
         return []
     seeds_of = {b: {r["seed"] for r in runs} for b, runs in by_b.items()}
-    lines = _best_b_table(by_b, texts, set.intersection(*seeds_of.values()))
-    most = max(len(v) for v in seeds_of.values())
-    wide = {b: runs for b, runs in by_b.items() if len(seeds_of[b]) == most}
-    if len(wide) >= 2 and len(wide) < len(by_b):
-        lines += _best_b_table(wide, texts, set.intersection(*(seeds_of[b] for b in wide)))
+    shared = set.intersection(*seeds_of.values())
+    lines = _best_b_table(by_b, texts, shared)
+    wide = {b: runs for b, runs in by_b.items() if len(seeds_of[b]) > 1}
+    wide_shared = set.intersection(*(seeds_of[b] for b in wide)) if wide else set()
+    if len(wide) >= 2 and len(wide_shared) > len(shared):
+        lines += _best_b_table(wide, texts, wide_shared)
     return lines
 
 

@@ -347,3 +347,19 @@ def test_cli_prune_with_owl_reaches_prune_model(tmp_path):
     block_means = [sum(v) / len(v) for _, v in sorted(per_block.items())]
     assert max(block_means) - min(block_means) > 0.05
     assert abs(sum(block_means) / len(block_means) - 0.5) < 0.01  # each layer rounds its count down
+
+
+def test_block_sizes_are_compared_at_the_seeds_they_share():
+    """B = 128 ran seed 0, 256 seeds 0-2, 512 seeds 0-4: one table over seed 0 (all three B), one
+    over seeds 0-2 (256 and 512), never a mean over seeds one of the compared B's lacks."""
+    def runs(b, seeds):
+        return [dict(seed=s, perplexity={"wiki": 100.0 + b / 128 + s}) for s in seeds]
+
+    by_b = {128: runs(128, [0]), 256: runs(256, [0, 1, 2]), 512: runs(512, [0, 1, 2, 3, 4])}
+    lines = study._against_best_b(by_b, ["wiki"])
+    titles = [line for line in lines if line.startswith("Thanos by B")]
+    assert [t.split(" (")[0] for t in titles] == ["Thanos by B, mean over seed 0", "Thanos by B, mean over seeds 0, 1, 2"]
+    second = lines[lines.index(titles[1]):]
+    assert [row.split(" | ")[0] for row in second if row.startswith("| 2") or row.startswith("| 5")] == ["| 256", "| 512"]
+    # seeds 0-2: 256 has mean 103, 512 has 105, so 512 is 100 * (105 / 103 - 1) % above the best
+    assert f"| 512 | {100 * (105 / 103 - 1):.1f} |" in "\n".join(second)
