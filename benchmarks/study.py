@@ -646,6 +646,11 @@ def _paired(a_runs, b_runs, text):
     return [a_of[s] for s in seeds], [b_of[s] for s in seeds]
 
 
+def _sort_key(config: tuple) -> tuple:
+    """Configurations in reading order: numbers by value (32 before 128), the rest by name."""
+    return tuple((0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x)) for x in config)
+
+
 def report_generic(records, texts, study, columns, size) -> list:
     groups = group(records, study, size)
     if not groups:
@@ -654,7 +659,7 @@ def report_generic(records, texts, study, columns, size) -> list:
     lines = ["| " + " | ".join(columns) + " | seeds | requested sparsity | achieved sparsity | " + " | ".join(texts)
              + " | prune time (s) |",
              "|" + "---|" * len(columns) + "---:|---:|---:|" + "---:|" * len(texts) + "---:|"]
-    for k, runs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+    for k, runs in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
         cells = []
         for c in columns:
             v = k[names[c]]

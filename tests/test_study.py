@@ -363,3 +363,9 @@ def test_block_sizes_are_compared_at_the_seeds_they_share():
     assert [row.split(" | ")[0] for row in second if row.startswith("| 2") or row.startswith("| 5")] == ["| 256", "| 512"]
     # seeds 0-2: 256 has mean 103, 512 has 105, so 512 is 100 * (105 / 103 - 1) % above the best
     assert f"| 512 | {100 * (105 / 103 - 1):.1f} |" in "\n".join(second)
+
+
+def test_report_rows_sort_numbers_by_value():
+    assert sorted([("thanos", "4:8", 128), ("thanos", "4:8", 32), ("thanos", "2:4", 64)], key=study._sort_key) == [
+        ("thanos", "2:4", 64), ("thanos", "4:8", 32), ("thanos", "4:8", 128)]
+    assert sorted([(None,), (0.5,), (0.3,)], key=study._sort_key) == [(0.3,), (0.5,), (None,)]
