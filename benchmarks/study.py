@@ -336,12 +336,12 @@ def run_study(args) -> int:
 
     size = SIZES[args.size]
     if args.block_sizes:
-        size = dataclasses.replace(size, block_sizes=tuple(int(b) for b in args.block_sizes.split(",")))
+        size = dataclasses.replace(size, block_sizes=args.block_sizes)
     if args.alphas:
-        size = dataclasses.replace(size, alphas=tuple(float(a) for a in args.alphas.split(",")))
+        size = dataclasses.replace(size, alphas=args.alphas)
     if args.calibration_windows:
-        size = dataclasses.replace(size, calibration_counts=tuple(int(n) for n in args.calibration_windows.split(",")))
-    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else size.seeds
+        size = dataclasses.replace(size, calibration_counts=args.calibration_windows)
+    seeds = args.seeds or size.seeds
     grid = [c for c in configs(args.study, size, _patterns(args)) if args.only_method in (None, c.method)]
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
     texts = args.texts.split(",")
@@ -902,6 +902,20 @@ def report(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------- main
+def _comma_list(convert, valid, what: str):
+    """An argparse ``type``: "a,b,c" -> a tuple of ``convert``ed values, each ``valid``, else the
+    option's error naming what was expected."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(convert(v) for v in text.split(","))
+        except ValueError:
+            values = None
+        if values is None or not all(valid(v) for v in values):
+            raise argparse.ArgumentTypeError(f"must be comma-separated {what}, got {text!r}")
+        return values
+    return parse
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks study", description=__doc__.splitlines()[0])
     p.add_argument("study", choices=STUDIES + ("report",))
@@ -912,12 +926,13 @@ def parse_args(argv):
     size.add_argument("--size", dest="size", choices=tuple(SIZES))
     p.add_argument("--patterns", default="unstructured,2:4,4:8,structured",
                    help="comma-separated patterns among unstructured (50%%), 2:4, 4:8, structured (30%%)")
-    p.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: the size's)")
-    p.add_argument("--block-sizes", default=None,
+    p.add_argument("--seeds", default=None, type=_comma_list(int, lambda v: True, "integers"),
+                   help="comma-separated calibration seeds (default: the size's)")
+    p.add_argument("--block-sizes", default=None, type=_comma_list(int, lambda v: v >= 0, "integers >= 0"),
                    help="blocksize study: comma-separated block sizes, 0 = the whole layer (default: the size's)")
-    p.add_argument("--alphas", default=None,
+    p.add_argument("--alphas", default=None, type=_comma_list(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
                    help="alpha study: comma-separated alphas in [0, 1) (default: the size's)")
-    p.add_argument("--calibration-windows", default=None,
+    p.add_argument("--calibration-windows", default=None, type=_comma_list(int, lambda v: v > 0, "integers > 0"),
                    help="calibration study: comma-separated numbers of calibration windows > 0 (default: the size's)")
     p.add_argument("--texts", default="wiki,c4-heldout", help=f"comma-separated evaluation texts among {TEXTS}")
     p.add_argument("--only-method", default=None, help="run only this method's configurations")
@@ -934,29 +949,6 @@ def parse_args(argv):
     for text in args.texts.split(","):
         if text not in TEXTS:
             p.error(f"--texts: unknown text {text!r}; expected some of {list(TEXTS)}")
-    if args.block_sizes:
-        try:
-            if any(int(b) < 0 for b in args.block_sizes.split(",")):
-                raise ValueError
-        except ValueError:
-            p.error(f"--block-sizes must be comma-separated integers >= 0, got {args.block_sizes!r}")
-    if args.alphas:
-        try:
-            if any(not 0 <= float(a) < 1 for a in args.alphas.split(",")):
-                raise ValueError
-        except ValueError:
-            p.error(f"--alphas must be comma-separated numbers in [0, 1), got {args.alphas!r}")
-    if args.calibration_windows:
-        try:
-            if any(int(n) < 1 for n in args.calibration_windows.split(",")):
-                raise ValueError
-        except ValueError:
-            p.error(f"--calibration-windows must be comma-separated integers > 0, got {args.calibration_windows!r}")
-    if args.seeds:
-        try:
-            [int(s) for s in args.seeds.split(",")]
-        except ValueError:
-            p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     args.command = "python -m benchmarks study " + " ".join(shlex.quote(a) for a in argv)
     args.loader = None
     return args

@@ -285,7 +285,7 @@ def test_runtime_breakdown_adds_up(tmp_path, tiny_study):
     assert "accumulate_hessians" not in runs["magnitude"]["steps"]  # no calibration for magnitude
 
 
-def test_study_arguments_are_checked():
+def test_study_arguments_are_checked(capsys):
     with pytest.raises(SystemExit):
         study.parse_args(["blocksize", "--patterns", "3:4"])
     with pytest.raises(SystemExit):
@@ -296,6 +296,7 @@ def test_study_arguments_are_checked():
                         ("--calibration-windows", "2.5"), ("--block-sizes", "-1")):
         with pytest.raises(SystemExit):
             study.parse_args(["alpha", option, bad])
+        assert option in capsys.readouterr().err  # the error names the option
 
 
 def test_beats_needs_the_difference_above_the_noise():
