@@ -684,7 +684,7 @@ def report_runtime(records) -> list:
     return lines + [""]
 
 
-def plot_defaults(plt, records, texts, out_dir: Path, size) -> Optional[Path]:
+def plot_defaults(plt, records, texts, out_dir: Path, size, size_name: str) -> Optional[Path]:
     """The target at a glance: per pattern, per text, Thanos - SparseGPT at their default B, in % of
     SparseGPT's perplexity, one dot per seed (paired: the same calibration windows) and the mean ±
     std, one colour per calibration size. Below zero: Thanos is better."""
@@ -720,21 +720,22 @@ def plot_defaults(plt, records, texts, out_dir: Path, size) -> Optional[Path]:
         ax.set_ylabel("perplexity difference, % of SparseGPT's")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out_dir / "study-defaults.png"
+    path = out_dir / f"study-{size_name}-defaults.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
 
-def plot(records, texts, out_dir: Path, size) -> list:
-    """PNG plots: perplexity against B per pattern (Thanos, SparseGPT as a band), per text."""
+def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
+    """PNG plots ``study-<size_name>-<study>.png`` (one size's plots never overwrite another's):
+    perplexity against B per pattern (Thanos, SparseGPT as a band), per text, and the other studies."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    path = plot_defaults(plt, records, texts, out_dir, size)
+    path = plot_defaults(plt, records, texts, out_dir, size, size_name)
     if path:
         written.append(path)
     groups = group(records, "blocksize", size)
@@ -777,7 +778,7 @@ def plot(records, texts, out_dir: Path, size) -> list:
                 ax.set_ylabel("perplexity")
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / "study-blocksize.png"
+        path = out_dir / f"study-{size_name}-blocksize.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
@@ -804,13 +805,13 @@ def plot(records, texts, out_dir: Path, size) -> list:
             ax.set_title(text, fontsize=9)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / f"study-{study}.png"
+        path = out_dir / f"study-{size_name}-{study}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
     for study, label in (("metric", lambda k: f"{_pattern_label(k[1], k[2])}\n{k[5]}"),
                          ("owl", lambda k: f"{k[0]} {k[2] * 100:g}%\n{k[6]}")):
-        path = _bar_plot(plt, group(records, study, size), texts, label, out_dir / f"study-{study}.png")
+        path = _bar_plot(plt, group(records, study, size), texts, label, out_dir / f"study-{size_name}-{study}.png")
         if path:
             written.append(path)
     runs = [r for r in records if r.get("study") == "runtime" and "steps" in r]
@@ -827,7 +828,7 @@ def plot(records, texts, out_dir: Path, size) -> list:
         ax.set_ylabel("seconds (one thread)")
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
-        path = out_dir / "study-runtime.png"
+        path = out_dir / f"study-{size_name}-runtime.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
@@ -893,7 +894,7 @@ def report(args) -> int:
     for title, body in sections:
         if body:
             lines += [f"#### {title}", ""] + body
-    pngs = plot(records, texts, path.parent, size)
+    pngs = plot(records, texts, path.parent, size, args.size)
     lines += ["Plots: " + ", ".join(f"`{p.relative_to(HERE.parent) if p.is_relative_to(HERE.parent) else p}`" for p in pngs), ""]
     text = "\n".join(lines)
     (path.parent / f"study-{args.size}.md").write_text(text, encoding="utf-8")

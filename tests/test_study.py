@@ -164,7 +164,7 @@ def tiny_study(monkeypatch):
     return lambda: tiny_model("llama", layers=2)
 
 
-def test_blocksize_study_records_resumes_and_reports(tmp_path, tiny_study):
+def test_blocksize_study_records_resumes_and_reports(tmp_path, tiny_study, monkeypatch):
     out = tmp_path / "runs.jsonl"
     argv = ["blocksize", "--quick", "--patterns", "unstructured,2:4", "--out", str(out), "--no-progress"]
     assert study.main(argv, loader=tiny_study) == 0
@@ -182,7 +182,13 @@ def test_blocksize_study_records_resumes_and_reports(tmp_path, tiny_study):
     assert study.main(["report", "--out", str(out)]) == 0
     table = (tmp_path / "runs.md").read_text() if (tmp_path / "runs.md").exists() else (tmp_path / "study-quick.md").read_text()
     assert "| thanos | whole | 2 |" in table and "beats SparseGPT on wiki" in table
-    assert (tmp_path / "study-blocksize.png").stat().st_size > 1000
+    assert (tmp_path / "study-quick-blocksize.png").stat().st_size > 1000
+    # another size's report into the same folder writes its own files and leaves these alone
+    quick = {p.name: p.read_bytes() for p in tmp_path.glob("study-quick*")}
+    monkeypatch.setitem(study.SIZES, "full", TINY)
+    assert study.main(["report", "--full", "--out", str(out)]) == 0
+    assert (tmp_path / "study-full-blocksize.png").stat().st_size > 1000 and (tmp_path / "study-full.md").exists()
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("study-quick*")} == quick
 
 
 def test_a_run_serves_every_study_that_asks_for_it(tmp_path, tiny_study):
@@ -220,7 +226,7 @@ def test_a_run_missing_a_requested_text_is_run_again_and_the_newest_record_count
     assert study.main(argv[:5] + ["--block-sizes", "0", "--out", str(out), "--no-progress", "--texts", "wiki"],
                       loader=tiny_study) == 0
     assert study.main(["report", "--out", str(out)]) == 0
-    assert (tmp_path / "study-blocksize.png").stat().st_size > 1000
+    assert (tmp_path / "study-quick-blocksize.png").stat().st_size > 1000
 
 
 def test_whole_layer_block_size_equals_the_widest_input(tiny_study):
@@ -266,7 +272,7 @@ def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp
     assert [row.split(" | ")[2] for row in rows] == [str(n) for n in sorted(TINY.calibration_counts)]
     assert all(" p " in row or "p < 0.001" in row or "p n/a" in row for row in rows)
     assert study.main(["report", "--out", str(out)]) == 0
-    assert (tmp_path / "study-defaults.png").stat().st_size > 1000
+    assert (tmp_path / "study-quick-defaults.png").stat().st_size > 1000
 
 
 def test_runtime_breakdown_adds_up(tmp_path, tiny_study):
