@@ -456,6 +456,17 @@ def group(records: list, study: str, size: Size) -> dict:
     return out
 
 
+# the index in a group key of what each of these studies varies
+STUDY_AXIS = {"metric": 5, "alpha": 4, "calibration": 7, "owl": 6}
+
+
+def studied(records: list, study: str, size: Size) -> dict:
+    """``group(records, study, size)``, or {} while every run in it has the same value of what the
+    study varies (only the baseline runs the other studies share: nothing to table or plot yet)."""
+    groups = group(records, study, size)
+    return groups if len({k[STUDY_AXIS[study]] for k in groups}) > 1 else {}
+
+
 def fmt(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "-"
@@ -592,9 +603,13 @@ def report_defaults(records, texts, size) -> list:
         for t in texts:
             a, b = _paired(thanos_runs, sparsegpt_runs, t)
             c = compare(a, b)
-            cells.append("-" if c is None else
-                         f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
-                         f"{c.paired_std:.2f}, noise {c.noise:.2f}, {_p(c.paired_p)}: **{c.verdict}**")
+            if len(a) == 1:  # one seed: the difference, but no noise to judge it by
+                cells.append(f"{a[0]:.2f} vs {b[0]:.2f}: {a[0] - b[0]:+.2f} ({100 * (a[0] - b[0]) / b[0]:+.1f} %), "
+                             "one seed: noise not measured")
+            else:
+                cells.append("-" if c is None else
+                             f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
+                             f"{c.paired_std:.2f}, noise {c.noise:.2f}, {_p(c.paired_p)}: **{c.verdict}**")
         if all(c == "-" for c in cells):
             continue
         seeds = max(len(_paired(thanos_runs, sparsegpt_runs, t)[0]) for t in texts)
@@ -652,7 +667,7 @@ def _sort_key(config: tuple) -> tuple:
 
 
 def report_generic(records, texts, study, columns, size) -> list:
-    groups = group(records, study, size)
+    groups = studied(records, study, size)
     if not groups:
         return []
     names = {"method": 0, "pattern": 1, "sparsity": 2, "B": 3, "alpha": 4, "metric": 5, "layer sparsity": 6, "calibration windows": 7}
@@ -687,8 +702,8 @@ def report_runtime(records) -> list:
 def plot_defaults(plt, records, texts, out_dir: Path, size, size_name: str) -> Optional[Path]:
     """The target at a glance: per pattern, per text, Thanos - SparseGPT at their default B, in % of
     SparseGPT's perplexity, one dot per seed (paired: the same calibration windows) and the mean ±
-    std, one colour per calibration size. Below zero: Thanos is better."""
-    pairs = [p for p in defaults_pairs(records, size) if any(len(_paired(p[2], p[3], t)[0]) >= 2 for t in texts)]
+    std (where there are several seeds), one colour per calibration size. Below zero: Thanos is better."""
+    pairs = [p for p in defaults_pairs(records, size) if any(_paired(p[2], p[3], t)[0] for t in texts)]
     patterns = [p for p in PATTERN_SPARSITY if any(q[0] == p for q in pairs)]
     if not patterns:
         return None
@@ -706,13 +721,16 @@ def plot_defaults(plt, records, texts, out_dir: Path, size, size_name: str) -> O
             labelled = False
             for i, t in enumerate(texts):
                 a, b = _paired(thanos_runs, sparsegpt_runs, t)
-                if len(a) < 2:
+                if not a:
                     continue
                 rel = [100 * (x - y) / y for x, y in zip(a, b)]
                 m, s = mean_std(rel)
-                ax.scatter([i + shift] * len(rel), rel, color=colour, alpha=0.35, s=14)
-                ax.errorbar([i + shift], [m], yerr=[s], fmt="o", color=colour, capsize=4,
-                            label=None if labelled else f"{n} windows, {len(rel)} seeds")
+                label = None if labelled else f"{n} windows, {len(rel)} seed{'s' if len(rel) > 1 else ''}"
+                if len(rel) == 1:  # one seed: its dot, no spread to show
+                    ax.scatter([i + shift], rel, color=colour, s=24, label=label)
+                else:
+                    ax.scatter([i + shift] * len(rel), rel, color=colour, alpha=0.35, s=14)
+                    ax.errorbar([i + shift], [m], yerr=[s], fmt="o", color=colour, capsize=4, label=label)
                 labelled = True
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(texts)), texts, rotation=30, fontsize=8)
@@ -782,8 +800,9 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
-    for study, key_index, xlabel in (("calibration", 7, "calibration windows"), ("alpha", 4, "alpha")):
-        groups = group(records, study, size)
+    for study, xlabel in (("calibration", "calibration windows"), ("alpha", "alpha")):
+        key_index = STUDY_AXIS[study]
+        groups = studied(records, study, size)
         series: dict = {}
         for k, v in groups.items():
             if study == "alpha" and k[1] == "unstructured":
@@ -811,7 +830,7 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
         written.append(path)
     for study, label in (("metric", lambda k: f"{_pattern_label(k[1], k[2])}\n{k[5]}"),
                          ("owl", lambda k: f"{k[0]} {k[2] * 100:g}%\n{k[6]}")):
-        path = _bar_plot(plt, group(records, study, size), texts, label, out_dir / f"study-{size_name}-{study}.png")
+        path = _bar_plot(plt, studied(records, study, size), texts, label, out_dir / f"study-{size_name}-{study}.png")
         if path:
             written.append(path)
     runs = [r for r in records if r.get("study") == "runtime" and "steps" in r]

@@ -182,6 +182,8 @@ def test_blocksize_study_records_resumes_and_reports(tmp_path, tiny_study, monke
     assert study.main(["report", "--out", str(out)]) == 0
     table = (tmp_path / "runs.md").read_text() if (tmp_path / "runs.md").exists() else (tmp_path / "study-quick.md").read_text()
     assert "| thanos | whole | 2 |" in table and "beats SparseGPT on wiki" in table
+    # the metric, alpha, calibration and OWL studies have only their shared baseline run here
+    assert "#### Metric inside Thanos" not in table and "#### Calibration size" not in table
     assert (tmp_path / "study-quick-blocksize.png").stat().st_size > 1000
     # another size's report into the same folder writes its own files and leaves these alone
     quick = {p.name: p.read_bytes() for p in tmp_path.glob("study-quick*")}
@@ -271,6 +273,11 @@ def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp
     rows = [line for line in lines if line.startswith("| structured")]
     assert [row.split(" | ")[2] for row in rows] == [str(n) for n in sorted(TINY.calibration_counts)]
     assert all(" p " in row or "p < 0.001" in row or "p n/a" in row for row in rows)
+    # one seed: the difference in %, and no verdict (no noise to judge it by)
+    one = study.report_defaults([r for r in records if r.get("seed", 0) == 0], ["wiki"], TINY)
+    rows = [line for line in one if line.startswith("| structured")]
+    assert len(rows) == len(TINY.calibration_counts) and all("one seed: noise not measured" in row for row in rows)
+    assert not any("**" in row for row in rows)
     assert study.main(["report", "--out", str(out)]) == 0
     assert (tmp_path / "study-quick-defaults.png").stat().st_size > 1000
 
