@@ -31,6 +31,7 @@ README = HERE / "README.md"
 SECTION = "## Quality on SmolLM2-135M"
 
 RUNS = verify.RUNS  # the same 17 runs as `thanos verify`, in table order
+BLOCKED = ("sparsegpt", "thanos")  # the methods that work in column blocks (B); magnitude and Wanda have none
 PATTERN_LABEL = {"unstructured": "50% unstructured", "4:8": "4:8", "2:4": "2:4", "structured": "structured 30%"}
 
 
@@ -89,7 +90,7 @@ def markdown(payload: dict) -> str:
     s = payload["settings"]
     lines = [
         SECTION, "",
-        f"Written by `{payload['command']}` on {payload['machine']} ({payload['threads']} threads), "
+        f"Written by `{payload['command']}` on {payload['machine']} ({payload['threads']} thread{'s' if payload['threads'] != 1 else ''}), "
         f"{payload['date']}, commit {payload['commit']}; total {payload['wall_seconds'] / 60:.1f} min, peak RSS {payload['max_rss_mib']:.0f} MiB "
         f"(the dense model and one pruned copy resident).",
         "",
@@ -104,7 +105,7 @@ def markdown(payload: dict) -> str:
         f"| dense | - | - | - | {payload['dense_perplexity']:.2f} | 0 | - |",
     ]
     for r in payload["runs"]:
-        lines.append(f"| {r['method']} | {PATTERN_LABEL[r['pattern']]} | {r['alpha']:g} | {r.get('block_size', '-')} | "
+        lines.append(f"| {r['method']} | {PATTERN_LABEL[r['pattern']]} | {r['alpha']:g} | {r.get('block_size', '-') if r['method'] in BLOCKED else '-'} | "
                      f"{r['perplexity']:.2f} | "
                      f"{r['achieved_sparsity']:.4f} | {r['seconds']:.1f} |")
     lines += ["", "Targets:", ""]
