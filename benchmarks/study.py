@@ -456,8 +456,10 @@ def group(records: list, study: str, size: Size) -> dict:
     return out
 
 
-# the index in a group key of what each of these studies varies
-STUDY_AXIS = {"metric": 5, "alpha": 4, "calibration": 7, "owl": 6}
+# the fields of a group key (``group``), as the tables name them, and what each study varies
+KEY_FIELDS = ("method", "pattern", "sparsity", "B", "alpha", "metric", "layer sparsity", "calibration windows")
+STUDY_AXIS = {study: KEY_FIELDS.index(field) for study, field in
+              (("metric", "metric"), ("alpha", "alpha"), ("calibration", "calibration windows"), ("owl", "layer sparsity"))}
 
 
 def studied(records: list, study: str, size: Size) -> dict:
@@ -602,13 +604,14 @@ def report_defaults(records, texts, size) -> list:
         cells = []
         for t in texts:
             a, b = _paired(thanos_runs, sparsegpt_runs, t)
-            c = compare(a, b)
-            if len(a) == 1:  # one seed: the difference, but no noise to judge it by
+            if not a:
+                cells.append("-")
+            elif len(a) == 1:  # one seed: the difference, but no noise to judge it by
                 cells.append(f"{a[0]:.2f} vs {b[0]:.2f}: {a[0] - b[0]:+.2f} ({100 * (a[0] - b[0]) / b[0]:+.1f} %), "
                              "one seed: noise not measured")
             else:
-                cells.append("-" if c is None else
-                             f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
+                c = compare(a, b)
+                cells.append(f"{statistics.fmean(a):.2f} vs {statistics.fmean(b):.2f}: {c.paired_mean:+.2f} ± "
                              f"{c.paired_std:.2f}, noise {c.noise:.2f}, {_p(c.paired_p)}: **{c.verdict}**")
         if all(c == "-" for c in cells):
             continue
@@ -670,14 +673,13 @@ def report_generic(records, texts, study, columns, size) -> list:
     groups = studied(records, study, size)
     if not groups:
         return []
-    names = {"method": 0, "pattern": 1, "sparsity": 2, "B": 3, "alpha": 4, "metric": 5, "layer sparsity": 6, "calibration windows": 7}
     lines = ["| " + " | ".join(columns) + " | seeds | requested sparsity | achieved sparsity | " + " | ".join(texts)
              + " | prune time (s) |",
              "|" + "---|" * len(columns) + "---:|---:|---:|" + "---:|" * len(texts) + "---:|"]
     for k, runs in sorted(groups.items(), key=lambda kv: _sort_key(kv[0])):
         cells = []
         for c in columns:
-            v = k[names[c]]
+            v = k[KEY_FIELDS.index(c)]
             cells.append(_pattern_label(k[1], k[2]) if c == "pattern" else (_label_b(v) if c == "B" else str(v)))
         ppl = [fmt(*mean_std([r["perplexity"][t] for r in runs if t in r["perplexity"]])) for t in texts]
         lines.append("| " + " | ".join(cells) + f" | {len(runs)} | {_requested(k[1], k[2]):.4f} | "
