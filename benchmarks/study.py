@@ -824,10 +824,11 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
             ax.set_ylabel("perplexity")
             ax.set_yscale("log")
             ax.set_title(text, fontsize=9)
-            ax.legend(fontsize=7)
+        # one legend, right of the last panel, so that it hides no data point
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.tight_layout()
         path = out_dir / f"study-{size_name}-{study}.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     for study, label in (("metric", lambda k: f"{_pattern_label(k[1], k[2])}\n{k[5]}"),
