@@ -754,6 +754,19 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def _legend_outside(fig, axes, below):
+        """One legend for every panel, outside them (below the grid or right of it), so that it
+        hides no data point; save with bbox_inches="tight" to keep it in the picture."""
+        entries = {}
+        for ax in axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                entries.setdefault(label, handle)
+        if below:
+            fig.legend(entries.values(), entries.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       ncol=3, fontsize=8)
+        else:
+            fig.legend(entries.values(), entries.keys(), loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7)
+
     written = []
     path = plot_defaults(plt, records, texts, out_dir, size, size_name)
     if path:
@@ -775,7 +788,7 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
                 for n, seed in enumerate(sorted(common)):
                     ax.plot(xs, [next(r["perplexity"].get(text, math.nan) for r in v if r["seed"] == seed)
                                  for _, v in thanos_runs], marker="o", color="C0", alpha=1.0 if n == 0 else 0.4,
-                            label=f"Thanos, seed {seed}")
+                            label=(f"Thanos, seed {seed}", "Thanos, each other seed")[n] if n < 2 else "_nolegend_")
                 several = [(b, v) for b, v in thanos_runs if len(_values(v, text)) > 1]
                 if several:
                     ms = [mean_std(_values(v, text)) for _, v in several]
@@ -786,20 +799,21 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
                     ax.axhline(m, color="C1", label="SparseGPT (B=128), mean ± std")
                     if not math.isnan(s):
                         ax.axhspan(m - s, m + s, color="C1", alpha=0.2)
-                    for seed in sorted(common):
+                    for n, seed in enumerate(sorted(common)):
                         same = [r["perplexity"][text] for r in base[0] if r["seed"] == seed and text in r["perplexity"]]
                         if same:
-                            ax.axhline(same[0], color="C1", linestyle="--", linewidth=1, label=f"SparseGPT, seed {seed}")
+                            ax.axhline(same[0], color="C1", linestyle="--", linewidth=1,
+                                       label="SparseGPT, each of these seeds" if n == 0 else "_nolegend_")
                 if xs:
                     ax.set_xscale("log", base=2)
                     ax.set_xticks(xs, [("whole" if x == 4096 else str(x)) for x in xs])
                 ax.set_title(f"{_pattern_label(pattern, sparsity)}, {text}", fontsize=9)
                 ax.set_xlabel("block size B")
                 ax.set_ylabel("perplexity")
-                ax.legend(fontsize=7)
         fig.tight_layout()
+        _legend_outside(fig, axes, below=True)
         path = out_dir / f"study-{size_name}-blocksize.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     for study, xlabel in (("calibration", "calibration windows"), ("alpha", "alpha")):
@@ -824,9 +838,8 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
             ax.set_ylabel("perplexity")
             ax.set_yscale("log")
             ax.set_title(text, fontsize=9)
-        # one legend, right of the last panel, so that it hides no data point
-        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.tight_layout()
+        _legend_outside(fig, axes, below=False)
         path = out_dir / f"study-{size_name}-{study}.png"
         fig.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(fig)
