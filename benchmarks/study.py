@@ -791,12 +791,12 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
                             label=(f"Thanos, seed {seed}", "Thanos, each other seed")[n] if n < 2 else "_nolegend_")
                 several = [(b, v) for b, v in thanos_runs if len(_values(v, text)) > 1]
                 if several:
-                    ms = [mean_std(_values(v, text)) for _, v in several]
+                    values = [_values(v, text) for _, v in several]
+                    ms = [mean_std(vs) for vs in values]
                     ax.errorbar([b for b, _ in several], [m for m, _ in ms], yerr=[s for _, s in ms], fmt="s",
                                 color="C2", capsize=4, label="Thanos, mean ± std over the n seeds a B ran (n by the mark)")
-                    for (b, v), (m, _) in zip(several, ms):  # B's may differ in how many seeds they ran
-                        ax.annotate(f"n={len(_values(v, text))}", (b, m), textcoords="offset points", xytext=(6, 2),
-                                    fontsize=6, color="C2")
+                    for (b, _), (m, _), vs in zip(several, ms, values):  # B's may differ in how many seeds they ran
+                        ax.annotate(f"n={len(vs)}", (b, m), textcoords="offset points", xytext=(6, 2), fontsize=6, color="C2")
                 if base:
                     m, s = mean_std(_values(base[0], text))
                     ax.axhline(m, color="C1", label="SparseGPT (B=128), mean ± std")
