@@ -75,23 +75,26 @@ def parse_pattern(pattern: Any) -> tuple[str, int, int]:
     raise ValueError(f"pattern must be 'unstructured', 'structured' or 'N:M' such as '2:4', got {pattern!r}")
 
 
-# What ``block_size=None`` (the default) means, per method and pattern kind. SparseGPT keeps its
-# paper's B = 128. Thanos' B is chosen from the block-size study on SmolLM2-135M
-# (benchmarks/README.md, "The default block size"): unstructured B = 128 was the best of 128/256/512
-# on 4 of 5 texts and the cheapest; at 2:4, B = 128 was 6-11 % above the best B on every text,
-# and B = 512 came closest to the per-text best averaged over five texts (seed 0 over seven B;
-# three seeds against 256), as the paper's code uses. Structured Thanos removes whole columns at
-# once and ignores B.
+# What ``block_size=None`` (the default) means, per method and pattern. SparseGPT keeps its paper's
+# B = 128. Thanos' B is chosen from the block-size study on SmolLM2-135M (benchmarks/README.md,
+# "The default block size"): unstructured B = 128 (every B from 64 to 512 within 0.2 points of the
+# per-text best averaged over five texts at --full size; the cheapest); 2:4 B = 512 (1.3 % above the
+# per-text best at --full size over three seeds, B = 128 4.4 %; 0.3 % against the runner-up 1024's
+# 1.0 % over five seeds), as the paper's code uses; 4:8 B = 256 (0.9 % above the per-text best at
+# --full size over five seeds, B = 512 1.4 %). An N:M pattern the study did not measure takes the
+# N:M entry, 512. Structured Thanos removes whole columns at once and ignores B.
 DEFAULT_BLOCK_SIZE = {"sparsegpt": 128, "thanos": {"unstructured": 128, "N:M": 512, "structured": 128}}
+# the N:M patterns (N, M) measured to want a B other than the N:M entry above
+DEFAULT_BLOCK_SIZE_NM = {(4, 8): 256}
 
 
 def default_block_size(method: Any, pattern: Any) -> int:
     """The block size ``block_size=None`` stands for with ``method`` and ``pattern``."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    kind = parse_pattern(pattern)[0]
+    kind, n, m = parse_pattern(pattern)
     if method == "thanos":
-        return DEFAULT_BLOCK_SIZE["thanos"][kind]
+        return DEFAULT_BLOCK_SIZE_NM.get((n, m), DEFAULT_BLOCK_SIZE["thanos"][kind])
     return DEFAULT_BLOCK_SIZE["sparsegpt"]  # Wanda and magnitude have no blocks; any B is the same
 
 

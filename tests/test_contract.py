@@ -348,6 +348,19 @@ def test_block_size_none_means_the_documented_default_in_both(method, pattern):
         assert (np.asarray(default.mask) == np.asarray(explicit.mask)).all()
 
 
+def test_default_block_size_is_per_measured_n_m_pattern_else_per_kind():
+    """Thanos' default B is looked up by the (N, M) the pattern parses to where the block-size study
+    measured that pattern, else by the pattern's kind; other methods have one B for every pattern."""
+    for pattern in ("unstructured", "structured", "2:4", "4:8", "1:4", "8:16", " 4 : 8 "):
+        kind, n, m = spec.parse_pattern(pattern)
+        expected = spec.DEFAULT_BLOCK_SIZE_NM.get((n, m), spec.DEFAULT_BLOCK_SIZE["thanos"][kind])
+        assert thanos.default_block_size("thanos", pattern) == expected
+        for method in ("sparsegpt", "wanda", "magnitude"):
+            assert thanos.default_block_size(method, pattern) == spec.DEFAULT_BLOCK_SIZE["sparsegpt"]
+    assert thanos.default_block_size("thanos", " 4 : 8 ") == thanos.default_block_size("thanos", "4:8")
+    assert all(nm[0] < nm[1] and b % nm[1] == 0 for nm, b in spec.DEFAULT_BLOCK_SIZE_NM.items())
+
+
 def test_default_block_size_names_a_wrong_argument():
     with pytest.raises(ValueError, match="method"):
         thanos.default_block_size("obs", "2:4")
