@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks import cpu_name
 from reference.spec import DEFAULT_BLOCK_SIZE  # its keys: the methods that work in column blocks
 from thanos import verify
 
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
         del pruned
     command = "python -m benchmarks quality" + ("" if not argv else " " + " ".join(shlex.quote(a) for a in argv))
     payload = dict(
-        command=command, date=time.strftime("%Y-%m-%d"), machine=f"{platform.machine()} CPU", threads=torch.get_num_threads(),
+        command=command, date=time.strftime("%Y-%m-%d"), machine=cpu_name(), threads=torch.get_num_threads(),
         settings={k: v for k, v in vars(args).items() if k not in ("out", "no_readme", "no_progress")},
         eval_windows=int(windows.shape[0]), dense_perplexity=dense, runs=runs,
         wall_seconds=time.perf_counter() - started,

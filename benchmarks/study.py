@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from benchmarks import cpu_name
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see thanos/cli.py
 
 HERE = Path(__file__).resolve().parent
@@ -371,7 +373,7 @@ def run_study(args) -> int:
         record = run_one(model, config, seed, size, calibration_tokens, windows, device=args.device,
                          progress=not args.no_progress)
         record.update(size=args.size, nsamples_requested=config.nsamples, threads=torch.get_num_threads(),
-                      machine=f"{platform.machine()} CPU", date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      machine=f"{platform.machine()} CPU", cpu=cpu_name(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       command=args.command)
         _append(out, record)
         ppl = "  ".join(f"{n} {v:.2f}" for n, v in record["perplexity"].items())

@@ -196,6 +196,8 @@ def test_blocksize_study_records_resumes_and_reports(tmp_path, tiny_study, monke
 def test_a_run_serves_every_study_that_asks_for_it(tmp_path, tiny_study):
     """The metric study's psi run at the default B is the block-size study's run: not made twice,
     and both studies' tables read it."""
+    from benchmarks import cpu_name
+
     out = tmp_path / "runs.jsonl"
     default_b = thanos.default_block_size("thanos", "2:4")
     assert study.main(["blocksize", "--patterns", "2:4", "--seeds", "0", "--block-sizes", str(default_b), "--out", str(out),
@@ -205,6 +207,7 @@ def test_a_run_serves_every_study_that_asks_for_it(tmp_path, tiny_study):
                       loader=tiny_study) == 0
     added = [r for r in study.read_records(out) if r["method"] != "dense"][len(before):]
     assert sorted(r["metric"] for r in added) == sorted(m for m in study.METRICS if m != "psi")
+    assert {r["cpu"] for r in before + added} == {cpu_name()}  # each record names the processor it ran on
     records = study.newest_records(study.read_records(out), "quick")
     metric_runs = study.group(records, "metric", TINY)
     assert sorted(k[5] for k in metric_runs) == sorted(study.METRICS)
@@ -383,3 +386,16 @@ def test_report_rows_sort_numbers_by_value():
     assert sorted([("thanos", "4:8", 128), ("thanos", "4:8", 32), ("thanos", "2:4", 64)], key=study._sort_key) == [
         ("thanos", "2:4", 64), ("thanos", "4:8", 32), ("thanos", "4:8", 128)]
     assert sorted([(None,), (0.5,), (0.3,)], key=study._sort_key) == [(0.3,), (0.5,), (None,)]
+
+
+def test_cpu_name_reads_the_model_name_else_falls_back(tmp_path):
+    """Records name the processor (BLAS kernels, hence the last bits of a result, depend on it)."""
+    from benchmarks import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nprocessor\t: 1\n"
+                    "model name\t: AMD EPYC 7B13\n")
+    assert cpu_name(str(info)) == "AMD EPYC 7B13"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n")  # no model name line (some ARM and VM kernels)
+    fallback = cpu_name(str(info))
+    assert fallback and fallback == cpu_name(str(tmp_path / "missing"))
