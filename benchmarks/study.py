@@ -344,7 +344,12 @@ def run_study(args) -> int:
     if args.calibration_windows:
         size = dataclasses.replace(size, calibration_counts=args.calibration_windows)
     seeds = args.seeds or size.seeds
-    grid = [c for c in configs(args.study, size, _patterns(args)) if args.only_method in (None, c.method)]
+    grid = [c for c in configs(args.study, size, _patterns(args))
+            if args.only_method in (None, c.method) and (args.only_sparsities is None or c.sparsity in args.only_sparsities)]
+    if not grid:
+        print(f"study {args.study}: no configuration matches --patterns {args.patterns}, --only-method "
+              f"{args.only_method} and --only-sparsities {args.only_sparsities}; nothing run", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
     texts = args.texts.split(",")
     # a run is done when a record of it evaluated every requested text (an older record with fewer
@@ -977,6 +982,9 @@ def parse_args(argv):
                    help="calibration study: comma-separated numbers of calibration windows > 0 (default: the size's)")
     p.add_argument("--texts", default="wiki,c4-heldout", help=f"comma-separated evaluation texts among {TEXTS}")
     p.add_argument("--only-method", default=None, help="run only this method's configurations")
+    p.add_argument("--only-sparsities", default=None,
+                   type=_comma_list(float, lambda v: 0 < v < 1, "numbers in (0, 1)"),
+                   help="run only the configurations at these requested sparsities (e.g. 0.7 in the owl study)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="the JSON-lines file of runs (default: benchmarks/results/study-SIZE.jsonl)")
     p.add_argument("--dry-run", action="store_true", help="list the runs to do and stop")

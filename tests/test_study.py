@@ -267,6 +267,23 @@ def test_a_study_grid_can_be_widened_from_the_command_line(tmp_path, tiny_study,
     assert [r[field] for r in runs] == [float(values) if field == "alpha" else int(values)]
 
 
+def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, capsys):
+    """--only-method / --only-sparsities run part of a study's grid; a filter that leaves nothing is
+    an error naming the filters, before any run, with the record file untouched."""
+    out = tmp_path / "runs.jsonl"
+    assert study.main(["owl", "--seeds", "0", "--only-method", "thanos", "--only-sparsities", "0.7", "--out", str(out),
+                       "--no-progress"], loader=tiny_study) == 0
+    runs = [r for r in study.read_records(out) if r["method"] != "dense"]
+    assert sorted((r["method"], r["sparsity"], r["layer_sparsity"]) for r in runs) == [
+        ("thanos", 0.7, "owl"), ("thanos", 0.7, "uniform")]
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert study.main(["owl", "--seeds", "1", "--only-sparsities", "0.3", "--out", str(out), "--no-progress"],
+                      loader=tiny_study) == 2
+    assert "--only-sparsities" in capsys.readouterr().err
+    assert out.read_bytes() == before  # nothing run, nothing written
+
+
 def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp_path, tiny_study):
     out = tmp_path / "runs.jsonl"
     assert study.main(["calibration", "--patterns", "structured", "--seeds", "0,1", "--out", str(out),
@@ -309,7 +326,7 @@ def test_study_arguments_are_checked(capsys):
     with pytest.raises(SystemExit):
         study.parse_args(["blocksize", "--seeds", "a,b"])
     for option, bad in (("--alphas", "1.0"), ("--alphas", "x"), ("--calibration-windows", "0"),
-                        ("--calibration-windows", "2.5"), ("--block-sizes", "-1")):
+                        ("--calibration-windows", "2.5"), ("--block-sizes", "-1"), ("--only-sparsities", "1.0")):
         with pytest.raises(SystemExit):
             study.parse_args(["alpha", option, bad])
         assert option in capsys.readouterr().err  # the error names the option
