@@ -344,11 +344,13 @@ def run_study(args) -> int:
     if args.calibration_windows:
         size = dataclasses.replace(size, calibration_counts=args.calibration_windows)
     seeds = args.seeds or size.seeds
+    sparsities = args.only_sparsities
     grid = [c for c in configs(args.study, size, _patterns(args))
-            if args.only_method in (None, c.method) and (args.only_sparsities is None or c.sparsity in args.only_sparsities)]
+            if args.only_method in (None, c.method) and (sparsities is None or c.sparsity in sparsities)]
     if not grid:
+        shown = "any" if sparsities is None else ",".join(f"{v:g}" for v in sparsities)
         print(f"study {args.study}: no configuration matches --patterns {args.patterns}, --only-method "
-              f"{args.only_method} and --only-sparsities {args.only_sparsities}; nothing run", file=sys.stderr)
+              f"{args.only_method or 'any'} and --only-sparsities {shown}; nothing run", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
     texts = args.texts.split(",")
