@@ -284,6 +284,22 @@ def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, c
     assert out.read_bytes() == before  # nothing run, nothing written
 
 
+def test_metric_study_at_70_percent_reuses_the_owl_studys_uniform_thanos_run(tmp_path, tiny_study):
+    """The metric study asks at 70 % unstructured too; its psi run there is the OWL study's uniform
+    Thanos run (not made again) and the metric table groups all three scores at 70 %."""
+    out = tmp_path / "runs.jsonl"
+    assert study.main(["owl", "--seeds", "0", "--only-method", "thanos", "--only-sparsities", "0.7", "--out", str(out),
+                       "--no-progress"], loader=tiny_study) == 0
+    before = len(study.read_records(out))
+    assert study.main(["metric", "--patterns", "unstructured", "--only-sparsities", "0.7", "--seeds", "0",
+                       "--out", str(out), "--no-progress"], loader=tiny_study) == 0
+    added = study.read_records(out)[before:]
+    assert sorted((r["metric"], r["sparsity"]) for r in added) == [("magnitude", 0.7), ("sparsegpt", 0.7)]
+    groups = study.group(study.newest_records(study.read_records(out), "quick"), "metric", TINY)
+    assert sorted((k[2], k[5]) for k in groups) == [(0.7, m) for m in sorted(study.METRICS)]
+    assert {k[2] for k in study.group(study.read_records(out), "owl", TINY)} == {0.7}  # the OWL study keeps its run
+
+
 def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp_path, tiny_study):
     out = tmp_path / "runs.jsonl"
     assert study.main(["calibration", "--patterns", "structured", "--seeds", "0,1", "--out", str(out),
