@@ -350,11 +350,13 @@ def run_study(args) -> int:
     seeds = args.seeds or size.seeds
     sparsities = args.only_sparsities
     grid = [c for c in configs(args.study, size, _patterns(args))
-            if args.only_method in (None, c.method) and (sparsities is None or c.sparsity in sparsities)]
+            if args.only_method in (None, c.method) and args.only_metric in (None, c.metric)
+            and (sparsities is None or c.sparsity in sparsities)]
     if not grid:
         shown = "any" if sparsities is None else ",".join(f"{v:g}" for v in sparsities)
         print(f"study {args.study}: no configuration matches --patterns {args.patterns}, --only-method "
-              f"{args.only_method or 'any'} and --only-sparsities {shown}; nothing run", file=sys.stderr)
+              f"{args.only_method or 'any'}, --only-metric {args.only_metric or 'any'} and --only-sparsities "
+              f"{shown}; nothing run", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
     texts = args.texts.split(",")
@@ -989,6 +991,8 @@ def parse_args(argv):
                    help="calibration study: comma-separated numbers of calibration windows > 0 (default: the size's)")
     p.add_argument("--texts", default="wiki,c4-heldout", help=f"comma-separated evaluation texts among {TEXTS}")
     p.add_argument("--only-method", default=None, help="run only this method's configurations")
+    p.add_argument("--only-metric", default=None, choices=METRICS,
+                   help="run only the configurations with this score inside Thanos (the metric study's axis)")
     p.add_argument("--only-sparsities", default=None,
                    type=_comma_list(float, lambda v: 0 < v < 1, "numbers in (0, 1)"),
                    help="run only the configurations at these requested sparsities (e.g. 0.7 in the owl study)")

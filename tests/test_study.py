@@ -286,11 +286,16 @@ def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, c
 
 def test_metric_study_at_70_percent_reuses_the_owl_studys_uniform_thanos_run(tmp_path, tiny_study):
     """The metric study asks at 70 % unstructured too; its psi run there is the OWL study's uniform
-    Thanos run (not made again) and the metric table groups all three scores at 70 %."""
+    Thanos run (not made again), --only-metric runs one score, and the metric table groups all three
+    scores at 70 %."""
     out = tmp_path / "runs.jsonl"
     assert study.main(["owl", "--seeds", "0", "--only-method", "thanos", "--only-sparsities", "0.7", "--out", str(out),
                        "--no-progress"], loader=tiny_study) == 0
     before = len(study.read_records(out))
+    assert study.main(["metric", "--patterns", "unstructured", "--only-sparsities", "0.7", "--only-metric", "sparsegpt",
+                       "--seeds", "0", "--out", str(out), "--no-progress"], loader=tiny_study) == 0
+    added = study.read_records(out)[before:]
+    assert [(r["metric"], r["sparsity"]) for r in added] == [("sparsegpt", 0.7)]
     assert study.main(["metric", "--patterns", "unstructured", "--only-sparsities", "0.7", "--seeds", "0",
                        "--out", str(out), "--no-progress"], loader=tiny_study) == 0
     added = study.read_records(out)[before:]
@@ -342,7 +347,8 @@ def test_study_arguments_are_checked(capsys):
     with pytest.raises(SystemExit):
         study.parse_args(["blocksize", "--seeds", "a,b"])
     for option, bad in (("--alphas", "1.0"), ("--alphas", "x"), ("--calibration-windows", "0"),
-                        ("--calibration-windows", "2.5"), ("--block-sizes", "-1"), ("--only-sparsities", "1.0")):
+                        ("--calibration-windows", "2.5"), ("--block-sizes", "-1"), ("--only-sparsities", "1.0"),
+                        ("--only-metric", "hessian")):
         with pytest.raises(SystemExit):
             study.parse_args(["alpha", option, bad])
         assert option in capsys.readouterr().err  # the error names the option
