@@ -895,18 +895,20 @@ def _values(runs: list, text: str) -> list:
 
 
 def _bar_plot(plt, groups: dict, texts, label, path: Path):
-    """Perplexity per configuration (mean, seed std as error bars), one panel per text."""
+    """Perplexity per configuration (mean, seed std as error bars), one panel per text, stacked; a
+    log axis, so that 50 % and 70 % (or |W| and psi) can be read in one panel."""
     if not groups:
         return None
     items = sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0]))
-    fig, axes = plt.subplots(1, len(texts), figsize=(max(3.0, 0.9 * len(items)) * len(texts), 3.4), squeeze=False)
+    fig, axes = plt.subplots(len(texts), 1, figsize=(max(4.0, 0.9 * len(items)), 2.6 * len(texts)), squeeze=False)
     for i, text in enumerate(texts):
-        ax = axes[0][i]
+        ax = axes[i][0]
+        ax.set_yscale("log")
         ms = [mean_std(_values(runs, text)) for _, runs in items]
         ax.bar(range(len(items)), [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms], capsize=3,
                color=[f"C{j % 10}" for j in range(len(items))])
         ax.set_xticks(range(len(items)), [label(k) for k, _ in items], fontsize=6)
-        ax.set_ylabel("perplexity")
+        ax.set_ylabel("perplexity (log)")
         ax.set_title(text, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
