@@ -63,6 +63,11 @@ METRICS = ("psi", "magnitude", "sparsegpt")
 METRIC_SPARSITIES = {"unstructured": (0.5, 0.7)}
 
 
+def metric_sparsities(pattern: str) -> tuple:
+    """The requested sparsities the metric study runs at for one pattern (its grid and its table)."""
+    return METRIC_SPARSITIES.get(pattern, (PATTERN_SPARSITY[pattern],))
+
+
 @dataclass(frozen=True)
 class Size:
     """One study size: calibration windows x tokens, evaluation windows x tokens per text, seeds."""
@@ -139,7 +144,7 @@ def configs(study: str, size: Size, patterns: list) -> list:
         for pattern in patterns:
             if pattern == "structured":
                 continue
-            for sp in METRIC_SPARSITIES.get(pattern, (PATTERN_SPARSITY[pattern],)):
+            for sp in metric_sparsities(pattern):
                 out += [Config(study, "thanos", pattern, sp, metric=m) for m in METRICS]
     elif study == "alpha":
         for pattern in patterns:
@@ -443,9 +448,8 @@ def in_study(r: dict, study: str, size: Size) -> bool:
         return (plain and calibrated and standard and r["alpha"] == 0 and r["method"] in ("thanos", "sparsegpt")
                 and (r["method"] == "thanos" or default_b))
     if study == "metric":
-        sparsity_ok = standard or r["sparsity"] in METRIC_SPARSITIES.get(r["pattern"], ())
-        return (r["method"] == "thanos" and r["layer_sparsity"] == "uniform" and calibrated and sparsity_ok
-                and default_b and r["alpha"] == 0 and r["pattern"] != "structured")
+        return (r["method"] == "thanos" and r["layer_sparsity"] == "uniform" and calibrated and r["alpha"] == 0
+                and default_b and r["pattern"] != "structured" and r["sparsity"] in metric_sparsities(r["pattern"]))
     if study == "alpha":
         if not (plain and calibrated and default_b and r["method"] in ("thanos", "sparsegpt")):
             return False
