@@ -5,8 +5,8 @@ perplexity on several texts, every configuration repeated over calibration seeds
 
 - ``blocksize``: Thanos at block sizes B (and the whole layer) against SparseGPT (B = 128) at 50 %
   unstructured, 2:4, 4:8 (and structured 30 %, which has no B);
-- ``metric``: the score inside Thanos (psi = |W| ||X||, |W|, SparseGPT's w^2 / [H^-1]_jj), the
-  same update, at 50 % and 70 % unstructured, 2:4 and 4:8;
+- ``metric``: the score inside Thanos (``thanos.prune``'s ``metric``: psi = |W| ||X||, |W|,
+  SparseGPT's w^2 / [H^-1]_jj), the same update, at 50 % and 70 % unstructured, 2:4 and 4:8;
 - ``alpha``: Thanos alpha in 0..0.3 at structured 30 % (alpha compensated: equal achieved
   sparsity) and 2:4 (alpha rows dense: lower achieved sparsity, reported next to it);
 - ``calibration``: the number of calibration windows;
@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchmarks import cpu_name
+from reference import spec
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see thanos/cli.py
 
@@ -57,10 +58,13 @@ WHOLE = 0  # block size label for "the whole layer" (B >= every layer's input wi
 CALIBRATION_SHARE = 0.9  # calibration draws from the first 90 % of the C4 sample's tokens
 TEXTS = ("wiki", "c4-heldout", "code", "technical", "multilingual", "tiny")
 STUDIES = ("blocksize", "metric", "alpha", "calibration", "owl", "runtime")
-METRICS = ("psi", "magnitude", "sparsegpt")
+METRICS = spec.METRICS  # thanos.prune's metric option: psi (the default), magnitude, sparsegpt
 # the metric study also runs unstructured 70 %: the sparsity where the OWL study found Thanos' lead
 # over SparseGPT gone on four of five texts, so whether the score (psi) is the cause is asked there
 METRIC_SPARSITIES = {"unstructured": (0.5, 0.7)}
+# the OWL study's Thanos scores per sparsity: at 70 %, where SparseGPT's score restored Thanos'
+# lead over SparseGPT (the metric study), whether it and OWL's block sparsities add up is asked
+OWL_SCORES = {0.5: ("psi",), 0.7: ("psi", "sparsegpt")}
 
 
 def metric_sparsities(pattern: str) -> tuple:
@@ -164,9 +168,10 @@ def configs(study: str, size: Size, patterns: list) -> list:
             for n in size.calibration_counts:
                 out += [Config(study, m, pattern, sp, nsamples=n) for m in ("thanos", "sparsegpt")]
     elif study == "owl":
-        for sp in (0.5, 0.7):
+        for sp, scores in OWL_SCORES.items():
             for method in ("thanos", "sparsegpt", "wanda"):
-                out += [Config(study, method, "unstructured", sp, layer_sparsity=ls) for ls in ("uniform", "owl")]
+                for m in scores if method == "thanos" else ("psi",):
+                    out += [Config(study, method, "unstructured", sp, metric=m, layer_sparsity=ls) for ls in ("uniform", "owl")]
     elif study == "runtime":
         for pattern in patterns:
             sp = PATTERN_SPARSITY[pattern]
@@ -175,39 +180,6 @@ def configs(study: str, size: Size, patterns: list) -> list:
     else:
         raise ValueError(f"unknown study {study!r}; expected one of {STUDIES}")
     return out
-
-
-# ----------------------------------------------------------------------------------- the metric
-@contextlib.contextmanager
-def thanos_metric(metric: str):
-    """Swap the score Thanos ranks weights by (benchmark only; ``thanos.prune`` itself is not changed).
-
-    Thanos' mask (unstructured and N:M) ranks ``|W_ij| * norms_j`` with ``norms_j = ||X_j||``
-    (psi, the paper's). ``magnitude``: ``norms_j = 1`` (|W|). ``sparsegpt``: ``norms_j =
-    1 / U_jj`` with U the upper Cholesky factor of the damped H^-1 (``[H^-1]_jj`` as SparseGPT
-    reads it: the inverse of the trailing H, at the column's turn), so that the ranking is
-    SparseGPT's w^2 / [H^-1]_jj. Everything else (the update, the counts) is Thanos' own code."""
-    from thanos import solver
-
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if metric == "psi":
-        yield
-        return
-    original = solver._thanos_blocks
-
-    def patched(Wk, U, Hdamped, norms, rows, opts, mask, budget, dead):
-        if metric == "magnitude":
-            scale = norms.new_ones(norms.shape)
-        else:
-            scale = 1.0 / U.diagonal()
-        return original(Wk, U, Hdamped, scale, rows, opts, mask, budget, dead)
-
-    solver._thanos_blocks = patched
-    try:
-        yield
-    finally:
-        solver._thanos_blocks = original
 
 
 # ------------------------------------------------------------------------------ runtime per step
@@ -291,7 +263,9 @@ def run_one(model, config: Config, seed: int, size: Size, calibration_tokens, wi
     pruned = copy.deepcopy(model)
     timer = StepTimer() if config.study == "runtime" else contextlib.nullcontext()
     extra = {} if config.layer_sparsity == "uniform" else {"layer_sparsity": config.layer_sparsity}
-    with thanos_metric(config.metric), timer:
+    if config.metric != "psi":
+        extra["metric"] = config.metric
+    with timer:
         result = prune_model(pruned, None if config.method == "magnitude" else calibration, method=config.method,
                              pattern=config.pattern, sparsity=config.sparsity,
                              block_size=config.block_size or max_input_width(model), alpha=config.alpha,
@@ -459,7 +433,8 @@ def in_study(r: dict, study: str, size: Size) -> bool:
     if study == "calibration":
         return plain and standard and default_b and r["alpha"] == 0 and r["method"] in ("thanos", "sparsegpt")
     if study == "owl":
-        return (r["pattern"] == "unstructured" and r["sparsity"] in (0.5, 0.7) and r["metric"] == "psi" and calibrated
+        scores = OWL_SCORES.get(r["sparsity"], ()) if r["method"] == "thanos" else ("psi",)
+        return (r["pattern"] == "unstructured" and r["sparsity"] in OWL_SCORES and r["metric"] in scores and calibrated
                 and default_b and r["alpha"] == 0)
     raise ValueError(f"unknown study {study!r}")
 
@@ -557,8 +532,6 @@ def _label_b(b: int) -> str:
 def _requested(pattern, sparsity) -> float:
     """The sparsity a run asked for: N/M for N:M, else its ``sparsity`` (alpha > 0 at N:M keeps rows
     dense, so less is achieved; at structured the other rows are pruned more, so as much is)."""
-    from reference import spec
-
     kind, n, m = spec.parse_pattern(pattern)
     return n / m if kind == "N:M" else sparsity
 
@@ -868,7 +841,7 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
         plt.close(fig)
         written.append(path)
     for study, label in (("metric", lambda k: f"{_pattern_label(k[1], k[2])}\n{k[5]}"),
-                         ("owl", lambda k: f"{k[0]} {k[2] * 100:g}%\n{k[6]}")):
+                         ("owl", lambda k: f"{k[0]}{'' if k[5] == 'psi' else ' (' + k[5] + ')'} {k[2] * 100:g}%\n{k[6]}")):
         path = _bar_plot(plt, studied(records, study, size), texts, label, out_dir / f"study-{size_name}-{study}.png")
         if path:
             written.append(path)
@@ -949,7 +922,7 @@ def report(args) -> int:
                 ("Alpha", report_generic(records, texts, "alpha", ["method", "pattern", "alpha"], size)),
                 ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "calibration windows"], size)),
                 ("Uniform against outlier-weighted (OWL) block sparsity",
-                 report_generic(records, texts, "owl", ["method", "pattern", "layer sparsity"], size)),
+                 report_generic(records, texts, "owl", ["method", "metric", "pattern", "layer sparsity"], size)),
                 ("Runtime per step (seconds, one run, CPU)", report_runtime(records))]
     for title, body in sections:
         if body:

@@ -23,6 +23,7 @@ from .equations import (
     row_change_loss,
     row_loss,
     smallest_per_row,
+    sparsegpt_metric,
     structured_update,
     trailing_inverse,
 )
@@ -32,5 +33,5 @@ __all__ = [
     "PruneResult", "closed_form_update", "column_loss", "column_norms", "fixed_mask_optimum",
     "global_residual_mask", "hessian", "inverse_cholesky_factor", "kkt_solve", "layer_loss",
     "n_m_mask", "obd_loss", "obs_update", "prepare_hessian", "prune", "psi_metric",
-    "row_change_loss", "row_loss", "smallest_per_row", "structured_update", "trailing_inverse",
+    "row_change_loss", "row_loss", "smallest_per_row", "sparsegpt_metric", "structured_update", "trailing_inverse",
 ]

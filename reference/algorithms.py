@@ -71,6 +71,17 @@ def _outlier_rows(W: np.ndarray, H: np.ndarray, alpha: float) -> np.ndarray:
     return np.sort(order[:k])
 
 
+def _thanos_metric(W, H, U, metric: str) -> np.ndarray:
+    """The score Thanos' mask ranks the *current* weights of the trailing columns by (``spec.METRICS``):
+    psi (Eq. 11, the paper's), |W|, or SparseGPT's w^2 / [(H_{j:, j:})^-1]_00. W: (c, n), H and U:
+    the trailing (n, n) blocks of H and of the upper Cholesky factor of the damped H^-1."""
+    if metric == "psi":
+        return eq.psi_metric(W, H)
+    if metric == "magnitude":
+        return np.abs(W)
+    return eq.sparsegpt_metric(W, U)
+
+
 def _thanos_blocks(W, H, U, rows, opts: spec.Options, mask, dead):
     """Alg. 1 (unstructured, global residual mask) and Alg. 8 (N:M), on the given rows of W.
     Dead columns' weights are pruned first and count toward the layer total / their N:M group."""
@@ -78,7 +89,7 @@ def _thanos_blocks(W, H, U, rows, opts: spec.Options, mask, dead):
     remaining = spec.unstructured_count(opts.sparsity, c_active * b)
     for j1 in range(0, b, opts.block_size):
         j2 = min(j1 + opts.block_size, b)
-        scores = _dead_first(eq.psi_metric(W[rows, j1:], H[j1:, j1:]), dead[j1:])  # psi of the *current* weights
+        scores = _dead_first(_thanos_metric(W[rows, j1:], H[j1:, j1:], U[j1:, j1:], opts.metric), dead[j1:])
         if opts.kind == "N:M":
             block_mask = eq.n_m_mask(scores[:, : j2 - j1], opts.n, opts.m)
         else:
@@ -115,7 +126,7 @@ def _sparsegpt(W, U, opts: spec.Options, mask, dead):
     d = np.diag(U)
     if opts.kind == "structured":
         s = spec.structured_column_count(opts.sparsity, 0.0, b)
-        order = np.argsort(_dead_first((np.sum(W**2, axis=0) / d**2)[None, :], dead)[0], kind="stable")
+        order = np.argsort(_dead_first(np.sum(eq.sparsegpt_metric(W, U), axis=0)[None, :], dead)[0], kind="stable")
         mask[:, order[:s]] = True
         mask[:, dead] = True
     pruned_so_far = 0
@@ -123,13 +134,15 @@ def _sparsegpt(W, U, opts: spec.Options, mask, dead):
         j2 = min(j1 + opts.block_size, b)
         if opts.kind == "unstructured":
             count = max(spec.cumulative_count(opts.sparsity, c, j2) - pruned_so_far, 0)
-            mask[:, j1:j2] = eq.global_residual_mask(_dead_first(W[:, j1:j2] ** 2 / d[j1:j2] ** 2, dead[j1:j2]), count)
+            scores = eq.sparsegpt_metric(W[:, j1:j2], U[j1:j2, j1:j2])
+            mask[:, j1:j2] = eq.global_residual_mask(_dead_first(scores, dead[j1:j2]), count)
             mask[:, j1:j2] |= dead[None, j1:j2]
             pruned_so_far += int(mask[:, j1:j2].sum())
         for i in range(j1, j2):
             if opts.kind == "N:M" and i % opts.m == 0:
                 group = slice(i, i + opts.m)
-                mask[:, group] = eq.smallest_per_row(_dead_first(W[:, group] ** 2 / d[group] ** 2, dead[group]), opts.n)
+                scores = eq.sparsegpt_metric(W[:, group], U[group, group])
+                mask[:, group] = eq.smallest_per_row(_dead_first(scores, dead[group]), opts.n)
                 mask[:, group] |= dead[None, group]
             pruned = mask[:, i]
             err = W[pruned, i] / d[i]
@@ -161,20 +174,22 @@ def _no_update_mask(W, H, opts: spec.Options, dead):
     return mask
 
 
-def prune(W, H, *, method, pattern, sparsity=None, block_size=None, alpha=0.0, percdamp=0.01) -> spec.PruneResult:
+def prune(W, H, *, method, pattern, sparsity=None, block_size=None, alpha=0.0, percdamp=0.01, metric="psi") -> spec.PruneResult:
     """Prune one layer. W: (c, b), H: (b, b) or None (magnitude only). NumPy in, NumPy out.
 
     method: 'thanos' | 'sparsegpt' | 'wanda' | 'magnitude'; pattern: 'unstructured' | 'structured'
     | 'N:M'; sparsity in [0, 1) (implied by N:M, pass None); block_size B (None: the default for the
     method and pattern, ``spec.default_block_size``); alpha: fraction of rows
-    left dense (Thanos structured and N:M); percdamp: damping as a fraction of mean(diag H).
+    left dense (Thanos structured and N:M); percdamp: damping as a fraction of mean(diag H); metric:
+    the score Thanos' mask ranks weights by, unstructured and N:M (``spec.METRICS``; 'psi', the
+    paper's, by default; the outlier rows of alpha > 0 are always chosen by Eq. 14's psi).
     Dead columns (H_jj = 0) are pruned first in every method that uses H; when they exceed what a
     group may prune, all are pruned and a RuntimeWarning gives requested and achieved sparsity.
     The result's weight has W's dtype; the inputs are never modified."""
     W_in = np.asarray(W)
     opts = spec.check_arguments(
         W_in.shape, None if H is None else np.shape(H), method=method, pattern=pattern,
-        sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp,
+        sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp, metric=metric,
     )
     spec.check_floating("W", np.issubdtype(W_in.dtype, np.floating), W_in.dtype)
     spec.check_values("W", bool(np.all(np.isfinite(W_in))))

@@ -31,6 +31,15 @@ def psi_metric(W, H) -> np.ndarray:
     return np.abs(_f64(W)) * column_norms(H)[None, :]
 
 
+def sparsegpt_metric(W, U) -> np.ndarray:
+    """SparseGPT's mask metric (its Sec. 3.2, OBS's saliency): W_ij^2 / [H_F^-1]_jj with H_F^-1 =
+    (H_{j:, j:})^-1, the inverse Hessian of the columns not yet passed when column j's turn comes.
+    U is the upper Cholesky factor of H^-1 (``inverse_cholesky_factor``); as U is upper,
+    [(H_{j:, j:})^-1]_00 = [U_{j:, j:}^T U_{j:, j:}]_00 = U_jj^2 (``trailing_inverse``).
+    W: (c, n), U: (n, n) (or the trailing block U[j:, j:] for the trailing columns) -> (c, n)."""
+    return _f64(W) ** 2 / np.diag(_f64(U))[None, :] ** 2
+
+
 def row_loss(W, H) -> np.ndarray:
     """Row loss, Eq. (14): h_k = sum_j W_kj^2 ||X_j||^2 (the sum of the row's one-weight OBD losses;
     the true no-update cost 1/2 w H w^T of removing the whole row differs when features correlate).

@@ -78,6 +78,8 @@ def no_loading(monkeypatch):
         (["--alpha", "0.1"], "--alpha"),
         (["--alpha", "1.0", "--pattern", "structured"], "--alpha"),
         (["--percdamp", "-1"], "--percdamp"),
+        (["--metric", "sparsegpt", "--method", "sparsegpt"], "--metric"),
+        (["--metric", "magnitude", "--pattern", "structured"], "--metric"),
         (["--calibration", "/nonexistent/c4.txt"], "--calibration"),
         (["--eval", "/nonexistent/wiki.txt"], "--eval"),
         (["--model", "/nonexistent/model"], "--model"),
@@ -94,7 +96,7 @@ def test_prune_argument_errors_before_any_load(extra, flag, tmp_path, no_loading
     assert not out.exists()
 
 
-@pytest.mark.parametrize("extra", [["--nsamples", "0"], ["--seqlen", "x"], ["--method", "obs"]])
+@pytest.mark.parametrize("extra", [["--nsamples", "0"], ["--seqlen", "x"], ["--method", "obs"], ["--metric", "hessian"]])
 def test_argparse_errors_exit_2(extra, tmp_path, no_loading, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["prune", "--out", str(tmp_path / "o"), *extra])

@@ -162,6 +162,8 @@ def test_magnitude_needs_no_calibration():
         (dict(method="sparsegpt", alpha=0.1, pattern="structured", sparsity=0.3), "alpha"),
         (dict(method="thanos", percdamp=-1), "percdamp"),
         (dict(method="bogus"), "method must be one of"),
+        (dict(method="thanos", metric="hessian"), "metric must be one of"),
+        (dict(method="wanda", metric="sparsegpt"), "metric"),
         (dict(method="thanos", batch_size=0), "batch_size"),
     ],
 )

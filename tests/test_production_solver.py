@@ -139,6 +139,21 @@ def _assert_same_decisions(prod, ref, what):
 @given(data=st.data())
 def test_float64_matches_reference(device, case, data):
     layer, kwargs = _draw_case(data, case, **F64_LAYERS)
+    _check_float64_against_reference(layer, kwargs, device)
+
+
+@pytest.mark.parametrize("metric", ["magnitude", "sparsegpt"])
+@pytest.mark.parametrize("kind", ["unstructured", "N:M"])
+@device_settings
+@given(data=st.data())
+def test_float64_matches_reference_with_another_metric(device, kind, metric, data):
+    """``metric=``: Thanos' mask by |W| or by SparseGPT's w^2 / [H_F^-1]_jj (the reference's
+    ``equations.sparsegpt_metric`` from its own factor), the same masks and weights as the reference."""
+    layer, kwargs = _draw_case(data, ("thanos", kind), **F64_LAYERS)
+    _check_float64_against_reference(layer, dict(kwargs, metric=metric), device)
+
+
+def _check_float64_against_reference(layer, kwargs, device):
     W, H, prod, ref = _run_both(layer, kwargs, device)
     what = f"{kwargs}"
     assert prod.weight.dtype == torch.float64 and prod.weight.device.type == device
@@ -165,6 +180,8 @@ def test_float64_matches_reference_with_dead_and_duplicated_columns(device, data
     layer = data.draw(S.layers(max_c=6, max_b=12, max_kappa=1e4, hessian="tokens", rank_deficient=None,
                                dead_columns=data.draw(st.booleans(), label="dead"), duplicate_columns=True), label="layer")
     kwargs = data.draw(S.prune_arguments(layer.info["b"], method_names=("thanos", "sparsegpt")), label="kwargs")
+    if kwargs["method"] == "thanos" and kwargs["pattern"] != "structured":  # every score puts dead weights first
+        kwargs["metric"] = data.draw(st.sampled_from(spec.METRICS), label="metric")
     W, H, prod, ref = _run_both(layer, kwargs, device)
     _assert_same_decisions(prod, ref, f"{kwargs}")
     kappa = _kappa(layer.H, ref.damping)
@@ -413,6 +430,48 @@ def test_golden_thanos_one_block_is_the_fixed_mask_optimum():
     assert abs(res.loss - 0.75) < 1e-14
 
 
+@pytest.mark.parametrize("metric", spec.METRICS)
+def test_golden_metric_ranks_one_block_by_its_formula(metric):
+    """One block covering the layer, unstructured: the mask is the r smallest scores of the
+    original weights. With H = diag(h), derived by hand: psi = |W| sqrt(h / 2); |W|; SparseGPT's
+    w^2 / [(H_{j:, j:})^-1]_00 = w^2 (h_j + lambda) with the damped diagonal H, i.e. |W| sqrt(h + lambda)."""
+    gen = torch.Generator().manual_seed(3)
+    c, b = 12, 20
+    W = torch.randn(c, b, generator=gen, dtype=torch.float64)
+    h = torch.rand(b, generator=gen, dtype=torch.float64) * 10 + 0.1
+    H = torch.diag(h)
+    percdamp = 0.01
+    damping = percdamp * float(h.mean())
+    scores = {"psi": W.abs() * (h / 2).sqrt(), "magnitude": W.abs(), "sparsegpt": W.abs() * (h + damping).sqrt()}[metric]
+    expected = torch.zeros(c * b, dtype=torch.bool)
+    expected[torch.argsort(scores.reshape(-1))[: c * b // 2]] = True
+    kwargs = dict(method="thanos", pattern="unstructured", sparsity=0.5, block_size=b, percdamp=percdamp, metric=metric)
+    prod = thanos.prune(W, H, compute_dtype=torch.float64, **kwargs)
+    ref = reference.prune(W.numpy(), H.numpy(), **kwargs)
+    assert torch.equal(prod.mask.reshape(-1), expected)
+    assert np.array_equal(ref.mask.reshape(-1), expected.numpy())
+
+
+def test_metric_changes_the_mask_of_a_correlated_layer():
+    """On a layer with correlated inputs the three scores rank differently (so the option reaches the
+    solver), each one's mask is the reference's, and the psi mask is the default's."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((24, 200)) * np.geomspace(0.1, 10.0, 24)[:, None]
+    X[1::2] += 0.9 * X[::2]  # neighbouring features correlated: the OBS saliency differs from psi
+    H = reference.hessian(X)
+    W = rng.standard_normal((10, 24))
+    masks = {}
+    for metric in spec.METRICS:
+        kwargs = dict(method="thanos", pattern="2:4", block_size=8, metric=metric)
+        prod = thanos.prune(torch.tensor(W), torch.tensor(H), compute_dtype=torch.float64, **kwargs)
+        ref = reference.prune(W, H, **kwargs)
+        assert np.array_equal(prod.mask.numpy(), ref.mask), metric
+        masks[metric] = ref.mask
+    assert not np.array_equal(masks["psi"], masks["sparsegpt"]) and not np.array_equal(masks["psi"], masks["magnitude"])
+    default = thanos.prune(torch.tensor(W), torch.tensor(H), method="thanos", pattern="2:4", block_size=8, compute_dtype=torch.float64)
+    assert np.array_equal(default.mask.numpy(), masks["psi"])
+
+
 def test_golden_singular_h_warns_and_records_damping():
     """percdamp = 0 on a rank-one H: the first Cholesky fails exactly, the second load (1e-7 mean
     diag) works; the warning and the recorded damping are the reference's."""
@@ -471,6 +530,9 @@ def _bad_cases():
         (W, H, dict(block_size=0), "block_size must be a positive integer"),
         (W, H, dict(alpha=0.5), "alpha"),
         (W, H, dict(percdamp=-1.0), "percdamp"),
+        (W, H, dict(metric="hessian"), "metric must be one of"),
+        (W, H, dict(metric="sparsegpt", method="wanda"), "metric"),
+        (W, H, dict(metric="sparsegpt", pattern="structured"), "metric"),
         (W, H, dict(compute_dtype=torch.float16), "compute_dtype"),
         (W, H, dict(max_extra_memory=0), "max_extra_memory"),
         (W.numpy(), H, {}, "W must be a torch.Tensor"),

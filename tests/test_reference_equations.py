@@ -307,6 +307,33 @@ def test_trailing_inverse_is_the_inverse_of_the_trailing_block(layer):
         T.assert_close(eq.trailing_inverse(U, j), direct, tol=tol, kappa=kappa, what=f"trailing inverse at j={j}")
 
 
+@given(S.layers(hessian="any", max_b=12, max_kappa=S.KAPPA_SQRT, w_scale=S.SCALE_RANGE, h_scale=S.SCALE_RANGE))
+def test_sparsegpt_metric_is_w2_over_the_trailing_inverse_diagonal(layer):
+    """SparseGPT's score W_ij^2 / [(H_{j:,j:})^-1]_00, from the factor U, against its definition with
+    every trailing block inverted directly; the trailing block U[j:, j:] gives the trailing columns'."""
+    W, H, X, info = layer
+    b, kappa = info["b"], T.condition_number(H)
+    U = eq.inverse_cholesky_factor(H)
+    direct = np.stack([W[:, j] ** 2 / np.linalg.inv(H[j:, j:])[0, 0] for j in range(b)], axis=1)
+    scores = eq.sparsegpt_metric(W, U)
+    # each score is w^2 over one entry of a solve: the solve's error, relative, plus a rounding or two
+    T.assert_close(scores, direct, tol=T.solve_tol(b, kappa), kappa=kappa, what="w^2 / [(H_{j:,j:})^-1]_00")
+    for j in range(b):
+        assert np.array_equal(eq.sparsegpt_metric(W[:, j:], U[j:, j:]), scores[:, j:]), "trailing block"
+
+
+def test_golden_sparsegpt_metric():
+    """H = [[2,1,0],[1,2,1],[0,1,2]] (below): [(H_{j:,j:})^-1]_00 = 3/4, 2/3, 1/2 for j = 0, 1, 2
+    (cofactors: 3/4; inv([[2,1],[1,2]])_00 = 2/3; 1/2), so W = [[1, 1, 1], [2, 0, -3]] scores
+    [[4/3, 3/2, 2], [16/3, 0, 18]]; psi would rank column 2's 1 level with column 0's."""
+    H = np.array([[2.0, 1.0, 0.0], [1.0, 2.0, 1.0], [0.0, 1.0, 2.0]])
+    W = np.array([[1.0, 1.0, 1.0], [2.0, 0.0, -3.0]])
+    tol = T.solve_tol(3, T.condition_number(H))
+    T.assert_close(eq.sparsegpt_metric(W, eq.inverse_cholesky_factor(H)), np.array([[4 / 3, 1.5, 2.0], [16 / 3, 0.0, 18.0]]),
+                   tol=tol, scale=18.0, what="sparsegpt metric")
+    assert eq.psi_metric(W, H)[0, 0] == eq.psi_metric(W, H)[0, 2]
+
+
 def test_golden_trailing_inverse_is_not_the_trailing_block_of_the_inverse():
     """H = [[2,1,0],[1,2,1],[0,1,2]]: H^-1 = 1/4 [[3,-2,1],[-2,4,-2],[1,-2,3]] (det 4, cofactors).
     At j = 1 the trailing inverse is inv([[2,1],[1,2]]) = 1/3 [[2,-1],[-1,2]], while the trailing

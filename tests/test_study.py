@@ -35,39 +35,23 @@ def _calibration(nsamples=6, seqlen=16, seed=0, vocab=257):
 
 
 # ----------------------------------------------------------------------------- metric inside Thanos
-@pytest.mark.parametrize("metric", study.METRICS)
-def test_metric_ranks_by_its_own_score_on_a_diagonal_hessian(metric):
-    """One block covering the layer (B >= b), unstructured: the mask is the r smallest scores of
-    the original weights. With H = diag(h): psi = |W| sqrt(h / 2), |W|, and SparseGPT's
-    w^2 / [H^-1]_jj with the damped H^-1 = diag(1 / (h + lambda)) ranks as |W| sqrt(h + lambda)."""
-    gen = torch.Generator().manual_seed(3)
-    c, b = 12, 20
-    W = torch.randn(c, b, generator=gen, dtype=torch.float64)
-    h = torch.rand(b, generator=gen, dtype=torch.float64) * 10 + 0.1
-    H = torch.diag(h)
-    percdamp = 0.01
-    damping = percdamp * float(h.mean())
-    scores = {"psi": W.abs() * (h / 2).sqrt(), "magnitude": W.abs(), "sparsegpt": W.abs() * (h + damping).sqrt()}[metric]
-    r = c * b // 2
-    expected = torch.zeros(c * b, dtype=torch.bool)
-    expected[torch.argsort(scores.reshape(-1))[:r]] = True
-    original = solver._thanos_blocks
-    with study.thanos_metric(metric):
-        res = solver.prune(W, H, method="thanos", pattern="unstructured", sparsity=0.5, block_size=b,
-                           percdamp=percdamp, compute_dtype=torch.float64)
-    assert solver._thanos_blocks is original
-    assert torch.equal(res.mask.reshape(-1), expected)
+def test_metric_study_prunes_with_thanos_prunes_metric_option(tmp_path, tiny_study, monkeypatch):
+    """The metric study runs ``prune_model(metric=...)`` (the library option, tested against the
+    reference in tests/test_production_solver.py), one run per score, and records the score."""
+    import thanos.model
 
+    seen = []
+    real = thanos.model.prune_model
 
-def test_metric_swap_is_undone_on_error_and_rejects_unknown_names():
-    original = solver._thanos_blocks
-    with pytest.raises(RuntimeError):
-        with study.thanos_metric("magnitude"):
-            raise RuntimeError("boom")
-    assert solver._thanos_blocks is original
-    with pytest.raises(ValueError, match="metric"):
-        with study.thanos_metric("hessian"):
-            pass
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("metric", "psi"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(thanos.model, "prune_model", spy)
+    out = tmp_path / "runs.jsonl"
+    assert study.main(["metric", "--patterns", "2:4", "--seeds", "0", "--out", str(out), "--no-progress"], loader=tiny_study) == 0
+    runs = [r for r in study.read_records(out) if r["method"] != "dense"]
+    assert sorted(seen) == sorted(r["metric"] for r in runs) == sorted(study.METRICS)
 
 
 # ------------------------------------------------------------------------------------------- OWL
@@ -274,8 +258,8 @@ def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, c
     assert study.main(["owl", "--seeds", "0", "--only-method", "thanos", "--only-sparsities", "0.7", "--out", str(out),
                        "--no-progress"], loader=tiny_study) == 0
     runs = [r for r in study.read_records(out) if r["method"] != "dense"]
-    assert sorted((r["method"], r["sparsity"], r["layer_sparsity"]) for r in runs) == [
-        ("thanos", 0.7, "owl"), ("thanos", 0.7, "uniform")]
+    assert sorted((r["method"], r["sparsity"], r["metric"], r["layer_sparsity"]) for r in runs) == [
+        ("thanos", 0.7, m, ls) for m in ("psi", "sparsegpt") for ls in ("owl", "uniform")]
     before = out.read_bytes()
     capsys.readouterr()
     assert study.main(["owl", "--seeds", "1", "--only-sparsities", "0.3", "--out", str(out), "--no-progress"],
@@ -289,8 +273,8 @@ def test_metric_study_at_70_percent_reuses_the_owl_studys_uniform_thanos_run(tmp
     Thanos run (not made again), --only-metric runs one score, and the metric table groups all three
     scores at 70 %."""
     out = tmp_path / "runs.jsonl"
-    assert study.main(["owl", "--seeds", "0", "--only-method", "thanos", "--only-sparsities", "0.7", "--out", str(out),
-                       "--no-progress"], loader=tiny_study) == 0
+    assert study.main(["owl", "--seeds", "0", "--only-method", "thanos", "--only-metric", "psi", "--only-sparsities", "0.7",
+                       "--out", str(out), "--no-progress"], loader=tiny_study) == 0
     before = len(study.read_records(out))
     assert study.main(["metric", "--patterns", "unstructured", "--only-sparsities", "0.7", "--only-metric", "sparsegpt",
                        "--seeds", "0", "--out", str(out), "--no-progress"], loader=tiny_study) == 0
@@ -303,6 +287,24 @@ def test_metric_study_at_70_percent_reuses_the_owl_studys_uniform_thanos_run(tmp
     groups = study.group(study.newest_records(study.read_records(out), "quick"), "metric", TINY)
     assert sorted((k[2], k[5]) for k in groups) == [(0.7, m) for m in sorted(study.METRICS)]
     assert {k[2] for k in study.group(study.read_records(out), "owl", TINY)} == {0.7}  # the OWL study keeps its run
+
+
+def test_owl_study_at_70_percent_also_runs_thanos_with_sparsegpts_score(tmp_path, tiny_study):
+    """At 70 % the OWL study runs Thanos with SparseGPT's score too, uniform and OWL (at 50 % psi only);
+    the uniform one is the metric study's run (reused, not made again); the table shows the score."""
+    out = tmp_path / "runs.jsonl"
+    assert study.main(["metric", "--patterns", "unstructured", "--only-sparsities", "0.7", "--only-metric", "sparsegpt",
+                       "--seeds", "0", "--out", str(out), "--no-progress"], loader=tiny_study) == 0
+    before = len(study.read_records(out))
+    assert study.main(["owl", "--seeds", "0", "--only-method", "thanos", "--only-metric", "sparsegpt", "--out", str(out),
+                       "--no-progress"], loader=tiny_study) == 0
+    added = study.read_records(out)[before:]
+    assert [(r["metric"], r["sparsity"], r["layer_sparsity"]) for r in added] == [("sparsegpt", 0.7, "owl")]
+    groups = study.group(study.read_records(out), "owl", TINY)
+    assert sorted((k[5], k[6]) for k in groups) == [("sparsegpt", "owl"), ("sparsegpt", "uniform")]
+    table = study.report_generic(study.read_records(out), ["wiki"], "owl", ["method", "metric", "pattern", "layer sparsity"], TINY)
+    assert sum("| thanos | sparsegpt |" in line for line in table) == 2
+    assert all(c.metric == "psi" for c in study.configs("owl", TINY, ["unstructured"]) if c.sparsity == 0.5)
 
 
 def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp_path, tiny_study):
@@ -403,6 +405,36 @@ def test_cli_prune_with_owl_reaches_prune_model(tmp_path):
     block_means = [sum(v) / len(v) for _, v in sorted(per_block.items())]
     assert max(block_means) - min(block_means) > 0.05
     assert abs(sum(block_means) / len(block_means) - 0.5) < 0.01  # each layer rounds its count down
+
+
+def test_cli_prune_with_metric_reaches_prune_model_and_the_report(tmp_path):
+    """``thanos prune --metric sparsegpt``: the report says which score ranked the weights, and the
+    pruned weights are what ``prune_model(metric="sparsegpt")`` gives (not psi's)."""
+    from thanos import cli, data
+    from thanos.model import prune_model
+
+    model, tokenizer = tiny_model("llama", seed=3, layers=2)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text(data.read_text(data.default_calibration_path())[:20000])
+    common = ["--model", str(folder), "--calibration", str(text), "--nsamples", "4", "--seqlen", "32", "--pattern", "2:4",
+              "--block-size", "16", "--no-eval", "--no-progress", "--quiet"]
+    outs = {m: tmp_path / f"out-{m}" for m in ("psi", "sparsegpt")}
+    for metric, out in outs.items():
+        assert cli.main(["prune", *common, "--metric", metric, "--out", str(out)]) == 0
+    report = json.loads((outs["sparsegpt"] / "report.json").read_text())
+    assert report["config"]["metric"] == "sparsegpt"
+    pruned = {m: type(model).from_pretrained(out) for m, out in outs.items()}
+    name = "model.layers.0.mlp.down_proj.weight"
+    masks = {m: p.state_dict()[name] == 0 for m, p in pruned.items()}
+    assert not torch.equal(masks["psi"], masks["sparsegpt"])  # the option changed the mask
+    direct = type(model).from_pretrained(folder)
+    windows = data.calibration_windows(tokenizer, text, nsamples=4, seqlen=32, seed=0)
+    prune_model(direct, windows, pattern="2:4", block_size=16, metric="sparsegpt")
+    # the same code on the same inputs in one process: the same model, bit for bit
+    assert torch.equal(direct.state_dict()[name], pruned["sparsegpt"].state_dict()[name])
 
 
 def test_block_sizes_are_compared_at_the_seeds_they_share():

@@ -89,6 +89,7 @@ class ModelPruneResult:
     seconds: float = 0.0
     peak_device_memory_mib: Optional[float] = None
     peak_block_memory_mib: float = 0.0
+    metric: str = "psi"
     block_sparsity: list = field(default_factory=list)
     layers: list = field(default_factory=list)
     masks: dict = field(default_factory=dict)
@@ -243,7 +244,7 @@ def select_linears(model: nn.Module, targets: Optional[Sequence[str]] = None,
 
 
 def check_model_arguments(model: nn.Module, *, method, pattern, sparsity, block_size, alpha, percdamp,
-                          selection: Optional[list] = None) -> spec.Options:
+                          selection: Optional[list] = None, metric="psi") -> spec.Options:
     """Validate the pruning arguments against every selected Linear of every block before any work
     (``reference.spec.check_arguments``: the same messages as ``thanos.prune``)."""
     layers = decoder_layers(model)
@@ -257,7 +258,8 @@ def check_model_arguments(model: nn.Module, *, method, pattern, sparsity, block_
             c, b = linears[name].weight.shape
             try:
                 opts = spec.check_arguments((c, b), None if method == "magnitude" else (b, b), method=method, pattern=pattern,
-                                            sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp)
+                                            sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp,
+                                            metric=metric)
             except ValueError as err:
                 raise ValueError(f"layer {i}.{name} of shape ({c}, {b}): {err}") from None
             options = options or opts
@@ -594,6 +596,7 @@ def prune_model(
     layer_sparsity: Union[None, str, Sequence[float]] = None,
     owl_threshold: float = OWL_THRESHOLD,
     owl_spread: float = OWL_SPREAD,
+    metric: str = "psi",
 ) -> ModelPruneResult:
     """Prune the ``nn.Linear`` layers inside the decoder blocks of ``model`` in place, block by block.
 
@@ -616,7 +619,8 @@ def prune_model(
     layer_sparsity: None or ``"uniform"`` (every block at ``sparsity``), ``"owl"`` (outlier-weighted
     block sparsities, unstructured only: ``owl_sparsities(outlier_ratios(...))`` from a dense pass
     over the calibration windows, with ``owl_threshold`` (OWL's M) and ``owl_spread`` (OWL's lambda);
-    the mean over blocks is ``sparsity``) or one sparsity per decoder block.
+    the mean over blocks is ``sparsity``) or one sparsity per decoder block. metric: the score
+    Thanos' mask ranks weights by, as ``thanos.prune`` (``'psi'``, the paper's, by default).
     """
     from tqdm.auto import tqdm
 
@@ -630,7 +634,7 @@ def prune_model(
         sparsity = 0.5
     selection = select_linears(model, targets, ignore)
     check_model_arguments(model, method=method, pattern=pattern, sparsity=sparsity, block_size=block_size,
-                          alpha=alpha, percdamp=percdamp, selection=selection)
+                          alpha=alpha, percdamp=percdamp, selection=selection, metric=metric)
     _check_layer_sparsity(layer_sparsity, len(layers), pattern, method)
     if layer_sparsity == "owl":
         for name, value in (("owl_threshold", owl_threshold), ("owl_spread", owl_spread)):
@@ -670,10 +674,10 @@ def prune_model(
         calibration_windows=int(calibration.shape[0]) if needs_data else 0,
         calibration_seqlen=int(calibration.shape[1]) if needs_data else 0, blocks=len(layers),
         storage_dtype=str(storage).replace("torch.", ""), compute_dtype=str(compute).replace("torch.", ""),
-        world_size=world, offloaded=dispatched,
+        world_size=world, offloaded=dispatched, metric=metric,
     )
     solver = dict(method=method, pattern=pattern, sparsity=sparsity, block_size=block_size, alpha=alpha,
-                  percdamp=percdamp, compute_dtype=compute)
+                  percdamp=percdamp, compute_dtype=compute, metric=metric)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     was_training = model.training

@@ -43,6 +43,7 @@ def prune(
     compute_dtype: Optional[torch.dtype] = None,
     allow_tf32: bool = False,
     max_extra_memory: Optional[int] = None,
+    metric: str = "psi",
 ) -> PruneResult:
     """Prune one layer. W: (c, b) tensor (fp16/bf16/fp32/fp64, any device), H: (b, b) or None
     (magnitude only). Semantics of ``reference.prune``; returns ``reference.spec.PruneResult`` with a
@@ -53,6 +54,9 @@ def prune(
     and fp32 weights), or torch.float32 / torch.float64 explicitly, whatever W's dtype. allow_tf32: let
     CUDA matmuls use TF32 (off by default; the global flags are restored afterwards).
     max_extra_memory: bytes of temporaries one batched solve may use (rows are chunked to fit).
+    metric: the score Thanos' mask ranks weights by, unstructured and N:M (``reference.spec.METRICS``):
+    'psi' = |W| ||X_j|| (the paper's, the default), 'magnitude' = |W|, 'sparsegpt' = SparseGPT's
+    w^2 / [(H_{j:, j:})^-1]_00 of the damped H; the update and the counts are the same for all.
     Numbers may be Python, NumPy or 0-d array/tensor scalars (not bool). Dead columns (H_jj = 0)
     are pruned first and counted (a RuntimeWarning when they exceed a group's count); an H with an
     eigenvalue clearly below 0 raises ValueError (``spec.check_psd``); damping follows the
@@ -60,13 +64,13 @@ def prune(
     return _prune(
         W, H, method=method, pattern=pattern, sparsity=sparsity, block_size=block_size, alpha=alpha,
         percdamp=percdamp, compute_dtype=compute_dtype, allow_tf32=allow_tf32,
-        max_extra_memory=max_extra_memory,
+        max_extra_memory=max_extra_memory, metric=metric,
     )
 
 
 def _prune(
     W, H, *, method, pattern, sparsity, block_size, alpha, percdamp, compute_dtype, allow_tf32,
-    max_extra_memory, explicit_trailing_inverse=False,
+    max_extra_memory, metric="psi", explicit_trailing_inverse=False,
 ) -> PruneResult:
     """``prune`` with one benchmark-only switch: ``explicit_trailing_inverse`` recomputes
     ``torch.linalg.inv(H[j:, j:])`` after every block (what the paper's code does) instead of
@@ -80,7 +84,7 @@ def _prune(
         spec.check_device("H", H.device.type)
     opts = spec.check_arguments(
         tuple(W.shape), None if H is None else tuple(H.shape), method=method, pattern=pattern,
-        sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp,
+        sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp, metric=metric,
     )
     spec.check_floating("W", W.is_floating_point(), W.dtype)
     if compute_dtype is None:
@@ -164,7 +168,7 @@ def _run(W, H, opts: spec.Options, dtype, budget, explicit) -> PruneResult:
                 if bool(dead.any()):  # the low-rank loss formula covers the update only
                     loss = None
             else:
-                _thanos_blocks(Wk, U, Hdamped, norms, rows, opts, mask, budget, dead)
+                _thanos_blocks(Wk, U, Hdamped, _score_scale(opts.metric, norms, U), rows, opts, mask, budget, dead)
     else:
         mask = _no_update_mask(Wk, norms, opts, dead)
     Wk.masked_fill_(mask, 0.0)
@@ -221,10 +225,22 @@ def _prepare_hessian(Wk, H, Hc, dead, percdamp, explicit):
 
 
 # ------------------------------------------------------------------------------------ Thanos
-def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget, dead):
+def _score_scale(metric: str, norms, U):
+    """Thanos ranks ``|W_ij| * scale_j``; per ``spec.METRICS``: psi, ``scale = ||X_j||``; magnitude,
+    ``scale = 1``; sparsegpt, ``scale = 1 / U_jj``, since ``U_jj^2 = [(H_{j:, j:})^-1]_00`` (U upper,
+    ``H^-1 = U^T U``), so that ``(|W_ij| scale_j)^2`` is SparseGPT's ``w^2 / [H_F^-1]_jj``."""
+    if metric == "psi":
+        return norms
+    if metric == "magnitude":
+        return torch.ones_like(norms)
+    return 1.0 / U.diagonal()
+
+
+def _thanos_blocks(Wk, U, Hdamped, scale, rows, opts: spec.Options, mask, budget, dead):
     """Alg. 1 (unstructured, global residual mask over the current weights) and Alg. 8 (N:M),
-    on the given rows of Wk, in place. Dead columns (already zero) are pruned first: their scores
-    sit below every psi (>= 0), and their weights count toward the layer total / N:M group."""
+    on the given rows of Wk, in place, ranking ``|W_ij| * scale_j`` (``_score_scale``: psi by
+    default). Dead columns (already zero) are pruned first: their scores sit below every real
+    score (>= 0), and their weights count toward the layer total / N:M group."""
     all_rows = rows.numel() == Wk.shape[0]
     Wr = Wk if all_rows else Wk[rows]
     c_active, b = Wr.shape
@@ -235,18 +251,18 @@ def _thanos_blocks(Wk, U, Hdamped, norms, rows, opts: spec.Options, mask, budget
         j2 = min(j1 + opts.block_size, b)
         width = j2 - j1
         if opts.kind == "N:M":
-            block_mask = K.n_m_mask((Wr[:, j1:j2].abs() * norms[j1:j2]).masked_fill_(dead[j1:j2], -1.0), opts.n, opts.m)
+            block_mask = K.n_m_mask((Wr[:, j1:j2].abs() * scale[j1:j2]).masked_fill_(dead[j1:j2], -1.0), opts.n, opts.m)
             block_mask |= dead[j1:j2]
         else:
             if remaining <= 0:  # only dead weights are left to prune; they are 0 already
                 Mr[:, j1:] |= dead[j1:]
                 break
-            if any_dead:  # dead weights first: below every psi, ahead of live weights that are 0
-                scores = (Wr[:, j1:].abs() * norms[j1:]).masked_fill_(dead[j1:], -1.0)  # psi, Eq. (11)
+            if any_dead:  # dead weights first: below every score, ahead of live weights that are 0
+                scores = (Wr[:, j1:].abs() * scale[j1:]).masked_fill_(dead[j1:], -1.0)  # psi, Eq. (11), by default
                 block_mask = K.global_residual_mask(scores, remaining, width)
                 del scores
-            else:  # psi of the current weights, never formed whole with the fused kernels
-                block_mask = K.trailing_residual_mask(Wr, norms, j1, remaining, width)
+            else:  # the current weights' scores, never formed whole with the fused kernels
+                block_mask = K.trailing_residual_mask(Wr, scale, j1, remaining, width)
             block_mask |= dead[j1:j2]
             remaining -= int(block_mask.sum())
         if Hdamped is not None:
