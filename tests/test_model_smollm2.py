@@ -115,16 +115,17 @@ def real_layers(smollm2):
 
 
 @pytest.mark.parametrize(
-    "method,pattern,sparsity,alpha",
+    "method,pattern,sparsity,alpha,metric",
     [
-        ("thanos", "unstructured", 0.5, 0.0), ("thanos", "2:4", None, 0.0), ("thanos", "structured", 0.3, 0.1),
-        ("sparsegpt", "4:8", None, 0.0), ("sparsegpt", "unstructured", 0.5, 0.0), ("wanda", "unstructured", 0.5, 0.0),
-        ("magnitude", "unstructured", 0.5, 0.0),
+        ("thanos", "unstructured", 0.5, 0.0, "psi"), ("thanos", "2:4", None, 0.0, "psi"), ("thanos", "structured", 0.3, 0.1, "psi"),
+        ("sparsegpt", "4:8", None, 0.0, "psi"), ("sparsegpt", "unstructured", 0.5, 0.0, "psi"),
+        ("wanda", "unstructured", 0.5, 0.0, "psi"), ("magnitude", "unstructured", 0.5, 0.0, "psi"),
+        ("thanos", "unstructured", 0.7, 0.0, "sparsegpt"), ("thanos", "4:8", None, 0.0, "sparsegpt"),
     ],
 )
-def test_production_matches_reference_on_real_layers(real_layers, method, pattern, sparsity, alpha):
+def test_production_matches_reference_on_real_layers(real_layers, method, pattern, sparsity, alpha, metric):
     for (block, name), (W, H) in real_layers.items():
         with single_threaded_blas():  # the float64 reference is a loop of tiny BLAS calls
-            res = compare_with_reference(W[:96].contiguous(), H, method, pattern, sparsity, alpha)
+            res = compare_with_reference(W[:96].contiguous(), H, method, pattern, sparsity, alpha, metric)
         assert res["passed"], (block, name, res)
         assert res["pruned_production"] == res["pruned_reference"]

@@ -41,6 +41,12 @@ RUNS = (
     ("magnitude", "structured", 0.3, 0.0), ("wanda", "structured", 0.3, 0.0), ("sparsegpt", "structured", 0.3, 0.0),
     ("thanos", "structured", 0.3, 0.0), ("thanos", "structured", 0.3, 0.1),
 )
+#: (method, pattern, sparsity, alpha, metric) compared with the reference on the real layers beyond
+#: RUNS (which use metric "psi"): Thanos' other scores, ``thanos.prune(metric=...)``
+REFERENCE_METRIC_RUNS = (
+    ("thanos", "unstructured", 0.5, 0.0, "sparsegpt"), ("thanos", "2:4", None, 0.0, "sparsegpt"),
+    ("thanos", "unstructured", 0.5, 0.0, "magnitude"),
+)
 #: the layers of each chosen block compared against the reference
 REFERENCE_LAYERS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj")
 C_SOLVE = tolerances.C_SOLVE  # LAPACK dget04's threshold on error / (n kappa eps), derived there
@@ -206,7 +212,7 @@ def real_hessians(model, calibration, blocks, names, batch_size: int = 8) -> dic
     return out
 
 
-def compare_with_reference(W, H, method, pattern, sparsity, alpha) -> dict:  # noqa: C901
+def compare_with_reference(W, H, method, pattern, sparsity, alpha, metric="psi") -> dict:  # noqa: C901
     """Production (float64) against ``reference.prune`` on one real layer; returns the evidence
     and ``passed``."""
     import numpy as np
@@ -216,9 +222,10 @@ def compare_with_reference(W, H, method, pattern, sparsity, alpha) -> dict:  # n
     import thanos
 
     t0 = time.perf_counter()
-    prod = thanos.prune(W, H, method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, compute_dtype=torch.float64)
+    prod = thanos.prune(W, H, method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, metric=metric,
+                        compute_dtype=torch.float64)
     t1 = time.perf_counter()
-    ref = reference.prune(W.numpy(), H.numpy(), method=method, pattern=pattern, sparsity=sparsity, alpha=alpha)
+    ref = reference.prune(W.numpy(), H.numpy(), method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, metric=metric)
     t2 = time.perf_counter()
     Wp, Mp = prod.weight.numpy(), prod.mask.numpy()
     Wr, Mr = ref.weight, ref.mask
@@ -235,7 +242,7 @@ def compare_with_reference(W, H, method, pattern, sparsity, alpha) -> dict:  # n
     unit = b * kappa * EPS64
     scale = max(float(np.max(np.abs(Wr))), float(np.max(np.abs(W.numpy()))))
     differing = int(np.sum(Mp != Mr))
-    out = dict(method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, shape=list(W.shape), kappa=kappa,
+    out = dict(method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, metric=metric, shape=list(W.shape), kappa=kappa,
                mask_differences=differing, pruned_production=int(Mp.sum()), pruned_reference=int(Mr.sum()),
                loss_production=prod.loss, loss_reference=ref.loss, production_seconds=t1 - t0, reference_seconds=t2 - t1)
     loss_scale = max(abs(ref.loss or 0.0), float(np.sum(W.numpy() ** 2 * np.diag(Hn)[None, :])) * 1e-12)
@@ -330,14 +337,15 @@ def run(args) -> int:
             for (i, name), (W, H) in hessians.items():
                 if args.reference_rows:
                     W = W[: args.reference_rows].contiguous()
-                for method, pattern, sparsity, alpha in RUNS:
-                    res = compare_with_reference(W, H, method, pattern, sparsity, alpha)
+                for method, pattern, sparsity, alpha, metric in [(*run, "psi") for run in RUNS] + list(REFERENCE_METRIC_RUNS):
+                    res = compare_with_reference(W, H, method, pattern, sparsity, alpha, metric)
                     res["layer"] = f"{i}.{name}"
                     report.differential.append(res)
                     if res.get("weight_error_units") is not None:
                         worst = max(worst, res["weight_error_units"])
                     if not res["passed"]:
-                        report.check(f"production == reference: {i}.{name} {method} {pattern} alpha={alpha}", False, res["verdict"])
+                        report.check(f"production == reference: {i}.{name} {method} {pattern} alpha={alpha} metric={metric}",
+                                     False, res["verdict"])
         n_diff = sum(1 for r in report.differential if r["mask_differences"])
         report.check("production (float64) == reference on real layers", all(r["passed"] for r in report.differential),
                      f"{len(report.differential)} comparisons on {len(hessians)} layers; worst weight error {worst:.3g} "
