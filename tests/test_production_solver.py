@@ -71,6 +71,14 @@ def _draw_case(data, case, **layer_options):
     return layer, kwargs
 
 
+def _with_any_metric(data, kwargs):
+    """``kwargs`` with a drawn ``metric`` where it applies (Thanos unstructured and N:M): the
+    invariants below (counts, zeros, scaling, repeat runs) hold whatever score ranks the weights."""
+    if kwargs["method"] == "thanos" and kwargs["pattern"] != "structured":
+        return dict(kwargs, metric=data.draw(st.sampled_from(spec.METRICS), label="metric"))
+    return kwargs
+
+
 def _tie_free_in_half_precision(layer):
     """fp16/bf16 keep 11/8 significant bits, so rounded Gaussian weights tie often and a tie's
     winner is then decided by rounding noise in H. Here the magnitudes are a random permutation of
@@ -180,8 +188,7 @@ def test_float64_matches_reference_with_dead_and_duplicated_columns(device, data
     layer = data.draw(S.layers(max_c=6, max_b=12, max_kappa=1e4, hessian="tokens", rank_deficient=None,
                                dead_columns=data.draw(st.booleans(), label="dead"), duplicate_columns=True), label="layer")
     kwargs = data.draw(S.prune_arguments(layer.info["b"], method_names=("thanos", "sparsegpt")), label="kwargs")
-    if kwargs["method"] == "thanos" and kwargs["pattern"] != "structured":  # every score puts dead weights first
-        kwargs["metric"] = data.draw(st.sampled_from(spec.METRICS), label="metric")
+    kwargs = _with_any_metric(data, kwargs)  # every score puts dead weights first
     W, H, prod, ref = _run_both(layer, kwargs, device)
     _assert_same_decisions(prod, ref, f"{kwargs}")
     kappa = _kappa(layer.H, ref.damping)
@@ -283,6 +290,7 @@ def test_counts_zeros_and_loss_in_every_dtype(device, dtype, data):
     layer = data.draw(S.layers(**LOW_LAYERS, b_multiple_of=data.draw(st.sampled_from([1, 4]), label="b multiple")), label="layer")
     b, c = layer.info["b"], layer.info["c"]
     kwargs = data.draw(S.prune_arguments(b), label="kwargs")
+    kwargs = _with_any_metric(data, kwargs)
     tdtype = TORCH_DTYPES[dtype]
     W = torch.tensor(layer.W).to(tdtype).to(device)
     H = torch.tensor(layer.H, dtype=torch.float32).to(device)
@@ -337,6 +345,7 @@ def test_scaling_h_by_powers_of_four_is_bit_identical(device, data):
     square roots of 4^k are exact), so masks and weights must be bit-identical and the loss x 4^k."""
     layer = data.draw(S.layers(max_c=8, max_b=16, max_kappa=1e4), label="layer")
     kwargs = data.draw(S.prune_arguments(layer.info["b"]), label="kwargs")
+    kwargs = _with_any_metric(data, kwargs)
     k = data.draw(st.integers(-20, 20), label="k")
     compute = data.draw(st.sampled_from([torch.float32, torch.float64]), label="compute")
     W = torch.tensor(layer.W, dtype=torch.float32, device=device)
@@ -353,6 +362,7 @@ def test_scaling_h_by_powers_of_four_is_bit_identical(device, data):
 def test_scaling_h_by_any_factor_changes_nothing(device, data):
     layer = data.draw(S.layers(max_c=8, max_b=16, max_kappa=1e4), label="layer")
     kwargs = data.draw(S.prune_arguments(layer.info["b"]), label="kwargs")
+    kwargs = _with_any_metric(data, kwargs)
     scale = data.draw(S.scales(1e-12, 1e12), label="scale")
     W = torch.tensor(layer.W, device=device)
     a = _prune(W, torch.tensor(layer.H, device=device), compute_dtype=torch.float64, **kwargs)
@@ -368,6 +378,7 @@ def test_scaling_h_by_any_factor_changes_nothing(device, data):
 def test_repeat_runs_are_bit_identical_and_inputs_untouched(device, data):
     layer = data.draw(S.layers(max_c=8, max_b=16, max_kappa=1e4), label="layer")
     kwargs = data.draw(S.prune_arguments(layer.info["b"]), label="kwargs")
+    kwargs = _with_any_metric(data, kwargs)
     dtype = data.draw(st.sampled_from(list(TORCH_DTYPES)), label="dtype")
     W = torch.tensor(layer.W).to(TORCH_DTYPES[dtype]).to(device)
     H = torch.tensor(layer.H, dtype=torch.float32, device=device)

@@ -105,9 +105,9 @@ def _prune(W, H, **kwargs):
 
 @given(st.data())
 def test_one_block_is_the_fixed_mask_optimum(data):
-    """With one block (B >= b) Thanos unstructured / N:M, and structured always, solve each row over
-    its whole mask at once: the result is the least-squares fit for its own mask, with the damped
-    H; rows left dense (alpha > 0) are bit-identical to the input."""
+    """With one block (B >= b) Thanos unstructured / N:M (any metric), and structured always, solve
+    each row over its whole mask at once: the result is the least-squares fit for its own mask, with
+    the damped H; rows left dense (alpha > 0) are bit-identical to the input."""
     dead = data.draw(st.booleans(), label="dead columns")
     W, H, X, info = data.draw(S.layers(dead_columns=dead, **PRUNE_LAYERS), label="layer")
     b = info["b"]
@@ -116,7 +116,10 @@ def test_one_block_is_the_fixed_mask_optimum(data):
     alpha = data.draw(st.sampled_from([0.0, 0.25, 0.5]), label="alpha") if pattern != "unstructured" else 0.0
     sparsity = None if ":" in pattern else data.draw(S.sparsities(), label="sparsity")
     percdamp = data.draw(st.sampled_from([0.0, 0.01]), label="percdamp")
-    result = _prune(W, H, method="thanos", pattern=pattern, sparsity=sparsity, block_size=block_size, alpha=alpha, percdamp=percdamp)
+    # whichever score chose the mask (spec.METRICS), the update is the fit for that mask
+    metric = data.draw(st.sampled_from(spec.METRICS), label="metric") if pattern != "structured" else "psi"
+    result = _prune(W, H, method="thanos", pattern=pattern, sparsity=sparsity, block_size=block_size, alpha=alpha,
+                    percdamp=percdamp, metric=metric)
     Hd = S.prepared_hessian(H, result.damping)
     kappa = T.condition_number(Hd)
     # dead weights are in the mask (pruned first), so W itself goes in: their rows and columns of
