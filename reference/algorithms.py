@@ -126,7 +126,7 @@ def _sparsegpt(W, U, opts: spec.Options, mask, dead):
     d = np.diag(U)
     if opts.kind == "structured":
         s = spec.structured_column_count(opts.sparsity, 0.0, b)
-        order = np.argsort(_dead_first(np.sum(eq.sparsegpt_metric(W, U), axis=0)[None, :], dead)[0], kind="stable")
+        order = np.argsort(_dead_first((np.sum(W**2, axis=0) / d**2)[None, :], dead)[0], kind="stable")
         mask[:, order[:s]] = True
         mask[:, dead] = True
     pruned_so_far = 0
