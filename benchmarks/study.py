@@ -841,7 +841,7 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
         plt.close(fig)
         written.append(path)
     for study, label in (("metric", lambda k: f"{_pattern_label(k[1], k[2])}\n{k[5]}"),
-                         ("owl", lambda k: f"{k[0]}{'' if k[5] == 'psi' else ' (' + k[5] + ')'} {k[2] * 100:g}%\n{k[6]}")):
+                         ("owl", lambda k: f"{k[0]} {k[2] * 100:g}%\n{k[6]}{'' if k[5] == 'psi' else chr(10) + k[5] + ' score'}")):
         path = _bar_plot(plt, studied(records, study, size), texts, label, out_dir / f"study-{size_name}-{study}.png")
         if path:
             written.append(path)
