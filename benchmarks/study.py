@@ -67,6 +67,14 @@ METRIC_SPARSITIES = {"unstructured": (0.5, 0.7)}
 OWL_SCORES = {0.5: ("psi",), 0.7: ("psi", "sparsegpt")}
 
 
+def owl_scores(method: str, sparsity: float) -> tuple:
+    """The scores one method runs with in the OWL study at one sparsity (its grid and its table):
+    none at a sparsity the study does not run; psi only for the methods other than Thanos."""
+    if sparsity not in OWL_SCORES:
+        return ()
+    return OWL_SCORES[sparsity] if method == "thanos" else ("psi",)
+
+
 def metric_sparsities(pattern: str) -> tuple:
     """The requested sparsities the metric study runs at for one pattern (its grid and its table)."""
     return METRIC_SPARSITIES.get(pattern, (PATTERN_SPARSITY[pattern],))
@@ -168,9 +176,9 @@ def configs(study: str, size: Size, patterns: list) -> list:
             for n in size.calibration_counts:
                 out += [Config(study, m, pattern, sp, nsamples=n) for m in ("thanos", "sparsegpt")]
     elif study == "owl":
-        for sp, scores in OWL_SCORES.items():
+        for sp in OWL_SCORES:
             for method in ("thanos", "sparsegpt", "wanda"):
-                for m in scores if method == "thanos" else ("psi",):
+                for m in owl_scores(method, sp):
                     out += [Config(study, method, "unstructured", sp, metric=m, layer_sparsity=ls) for ls in ("uniform", "owl")]
     elif study == "runtime":
         for pattern in patterns:
@@ -263,13 +271,11 @@ def run_one(model, config: Config, seed: int, size: Size, calibration_tokens, wi
     pruned = copy.deepcopy(model)
     timer = StepTimer() if config.study == "runtime" else contextlib.nullcontext()
     extra = {} if config.layer_sparsity == "uniform" else {"layer_sparsity": config.layer_sparsity}
-    if config.metric != "psi":
-        extra["metric"] = config.metric
     with timer:
         result = prune_model(pruned, None if config.method == "magnitude" else calibration, method=config.method,
                              pattern=config.pattern, sparsity=config.sparsity,
                              block_size=config.block_size or max_input_width(model), alpha=config.alpha,
-                             device=device, progress=progress, **extra)
+                             metric=config.metric, device=device, progress=progress, **extra)
     record = dict(
         config.__dict__, seed=seed, nsamples=nsamples, seqlen=size.seqlen,
         achieved_sparsity=result.achieved_sparsity, seconds=result.seconds,
@@ -433,8 +439,7 @@ def in_study(r: dict, study: str, size: Size) -> bool:
     if study == "calibration":
         return plain and standard and default_b and r["alpha"] == 0 and r["method"] in ("thanos", "sparsegpt")
     if study == "owl":
-        scores = OWL_SCORES.get(r["sparsity"], ()) if r["method"] == "thanos" else ("psi",)
-        return (r["pattern"] == "unstructured" and r["sparsity"] in OWL_SCORES and r["metric"] in scores and calibrated
+        return (r["pattern"] == "unstructured" and r["metric"] in owl_scores(r["method"], r["sparsity"]) and calibrated
                 and default_b and r["alpha"] == 0)
     raise ValueError(f"unknown study {study!r}")
 

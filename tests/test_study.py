@@ -383,16 +383,25 @@ def test_paired_runs_line_up_by_seed_when_a_text_is_missing_on_one_side():
     assert study._paired(a, b, "code") == ([5.0], [6.0])
 
 
-def test_cli_prune_with_owl_reaches_prune_model(tmp_path):
-    """``thanos prune --layer-sparsity owl``: blocks pruned at different sparsities averaging --sparsity."""
-    from thanos import cli, data
+def _saved_tiny_model(tmp_path, layers):
+    """A tiny LLaMA saved as a model folder, and a calibration text file from the C4 sample, for
+    ``thanos prune`` runs: (folder, text, model, tokenizer)."""
+    from thanos import data
 
-    model, tokenizer = tiny_model("llama", seed=3, layers=3)
+    model, tokenizer = tiny_model("llama", seed=3, layers=layers)
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     text = tmp_path / "text.txt"
     text.write_text(data.read_text(data.default_calibration_path())[:20000])
+    return folder, text, model, tokenizer
+
+
+def test_cli_prune_with_owl_reaches_prune_model(tmp_path):
+    """``thanos prune --layer-sparsity owl``: blocks pruned at different sparsities averaging --sparsity."""
+    from thanos import cli
+
+    folder, text, _, _ = _saved_tiny_model(tmp_path, layers=3)
     out = tmp_path / "out"
     rc = cli.main(["prune", "--model", str(folder), "--calibration", str(text), "--nsamples", "4", "--seqlen", "32",
                    "--block-size", "16", "--layer-sparsity", "owl", "--owl-spread", "0.1", "--no-eval", "--out", str(out),
@@ -413,12 +422,7 @@ def test_cli_prune_with_metric_reaches_prune_model_and_the_report(tmp_path):
     from thanos import cli, data
     from thanos.model import prune_model
 
-    model, tokenizer = tiny_model("llama", seed=3, layers=2)
-    folder = tmp_path / "model"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    text = tmp_path / "text.txt"
-    text.write_text(data.read_text(data.default_calibration_path())[:20000])
+    folder, text, model, tokenizer = _saved_tiny_model(tmp_path, layers=2)
     common = ["--model", str(folder), "--calibration", str(text), "--nsamples", "4", "--seqlen", "32", "--pattern", "2:4",
               "--block-size", "16", "--no-eval", "--no-progress", "--quiet"]
     outs = {m: tmp_path / f"out-{m}" for m in ("psi", "sparsegpt")}
