@@ -445,7 +445,10 @@ def test_golden_thanos_one_block_is_the_fixed_mask_optimum():
 def test_golden_metric_ranks_one_block_by_its_formula(metric):
     """One block covering the layer, unstructured: the mask is the r smallest scores of the
     original weights. With H = diag(h), derived by hand: psi = |W| sqrt(h / 2); |W|; SparseGPT's
-    w^2 / [(H_{j:, j:})^-1]_00 = w^2 (h_j + lambda) with the damped diagonal H, i.e. |W| sqrt(h + lambda)."""
+    w^2 / [(H_{j:, j:})^-1]_00 = w^2 (h_j + lambda) with the damped diagonal H, i.e. |W| sqrt(h + lambda).
+    Exact mask equality is safe: at this seed the 120th and 121st scores are 1.0 %, 2.3 % and 1.3 %
+    apart (psi, |W|, sparsegpt), some 1e13 times the few ulps by which the solvers' factors of a
+    diagonal H can round the scale (a diagonal Cholesky has no sums, so no BLAS differs there)."""
     gen = torch.Generator().manual_seed(3)
     c, b = 12, 20
     W = torch.randn(c, b, generator=gen, dtype=torch.float64)
