@@ -270,12 +270,12 @@ def run_one(model, config: Config, seed: int, size: Size, calibration_tokens, wi
     calibration = data.random_windows(calibration_tokens, nsamples, size.seqlen, seed)
     pruned = copy.deepcopy(model)
     timer = StepTimer() if config.study == "runtime" else contextlib.nullcontext()
-    extra = {} if config.layer_sparsity == "uniform" else {"layer_sparsity": config.layer_sparsity}
     with timer:
         result = prune_model(pruned, None if config.method == "magnitude" else calibration, method=config.method,
                              pattern=config.pattern, sparsity=config.sparsity,
                              block_size=config.block_size or max_input_width(model), alpha=config.alpha,
-                             metric=config.metric, device=device, progress=progress, **extra)
+                             metric=config.metric, layer_sparsity=config.layer_sparsity, device=device,
+                             progress=progress)
     record = dict(
         config.__dict__, seed=seed, nsamples=nsamples, seqlen=size.seqlen,
         achieved_sparsity=result.achieved_sparsity, seconds=result.seconds,
