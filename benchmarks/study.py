@@ -686,8 +686,23 @@ def report_generic(records, texts, study, columns, size) -> list:
     return lines + [""]
 
 
-def report_runtime(records) -> list:
+RUNTIME_METHOD_ORDER = ("thanos", "sparsegpt", "wanda", "magnitude")
+
+
+def runtime_runs(records) -> list:
+    """The runtime study's records (those with a step breakdown), by pattern (as PATTERN_SPARSITY
+    lists them) and sparsity, then method (Thanos, SparseGPT, Wanda, magnitude), then seed: the
+    table's and the plot's order, whatever order the runs were recorded in."""
+    patterns, methods = list(PATTERN_SPARSITY), list(RUNTIME_METHOD_ORDER)
     runs = [r for r in records if r.get("study") == "runtime" and "steps" in r]
+    return sorted(runs, key=lambda r: (patterns.index(r["pattern"]) if r["pattern"] in patterns else len(patterns),
+                                       r["sparsity"] or 0.0,
+                                       methods.index(r["method"]) if r["method"] in methods else len(methods),
+                                       r["seed"]))
+
+
+def report_runtime(records) -> list:
+    runs = runtime_runs(records)
     if not runs:
         return []
     steps = sorted({s for r in runs for s in r["steps"]})
@@ -850,7 +865,7 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
         path = _bar_plot(plt, studied(records, study, size), texts, label, out_dir / f"study-{size_name}-{study}.png")
         if path:
             written.append(path)
-    runs = [r for r in records if r.get("study") == "runtime" and "steps" in r]
+    runs = runtime_runs(records)
     if runs:
         steps = sorted({s for r in runs for s in r["steps"] if s != "prune_linear"})
         fig, ax = plt.subplots(figsize=(1.2 * len(runs) + 3, 3.6))

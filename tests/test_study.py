@@ -341,6 +341,21 @@ def test_runtime_breakdown_adds_up(tmp_path, tiny_study):
     assert "accumulate_hessians" not in runs["magnitude"]["steps"]  # no calibration for magnitude
 
 
+def test_runtime_rows_follow_pattern_then_method_whatever_the_recording_order():
+    def run(method, pattern, sparsity):
+        return {"study": "runtime", "method": method, "pattern": pattern, "sparsity": sparsity, "seed": 0,
+                "seconds": 1.0, "steps": {"prune_linear": 1.0}, "max_rss_mib": 1.0}
+    order = [(m, p, sp) for p, sp in (("unstructured", 0.5), ("2:4", None), ("4:8", None), ("structured", 0.3))
+             for m in ("thanos", "sparsegpt", "wanda", "magnitude")]
+    shuffled = [order[i] for i in (13, 2, 7, 0, 15, 9, 4, 11, 1, 14, 6, 3, 10, 5, 12, 8)]
+    assert sorted(shuffled) != shuffled and set(shuffled) == set(order)
+    records = [run(*o) for o in shuffled] + [{"study": "runtime", "method": "dense"}]  # no steps: not a row
+    assert [(r["method"], r["pattern"], r["sparsity"]) for r in study.runtime_runs(records)] == order
+    rows = [line for line in study.report_runtime(records)[2:] if line]
+    assert [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows] == [
+        (m, study._pattern_label(p, sp)) for m, p, sp in order]
+
+
 def test_study_arguments_are_checked(capsys):
     with pytest.raises(SystemExit):
         study.parse_args(["blocksize", "--patterns", "3:4"])
