@@ -183,7 +183,7 @@ def configs(study: str, size: Size, patterns: list) -> list:
     elif study == "runtime":
         for pattern in patterns:
             sp = PATTERN_SPARSITY[pattern]
-            for method in ("thanos", "sparsegpt", "wanda", "magnitude"):
+            for method in spec.METHODS:
                 out.append(Config(study, method, pattern, sp))
     else:
         raise ValueError(f"unknown study {study!r}; expected one of {STUDIES}")
@@ -686,19 +686,14 @@ def report_generic(records, texts, study, columns, size) -> list:
     return lines + [""]
 
 
-RUNTIME_METHOD_ORDER = ("thanos", "sparsegpt", "wanda", "magnitude")
-
-
 def runtime_runs(records) -> list:
     """The runtime study's records (those with a step breakdown), by pattern (as PATTERN_SPARSITY
-    lists them) and sparsity, then method (Thanos, SparseGPT, Wanda, magnitude), then seed: the
-    table's and the plot's order, whatever order the runs were recorded in."""
-    patterns, methods = list(PATTERN_SPARSITY), list(RUNTIME_METHOD_ORDER)
+    lists them) and sparsity, then method (as spec.METHODS lists them), then seed: the table's and
+    the plot's order, whatever order the runs were recorded in."""
+    patterns = list(PATTERN_SPARSITY)
     runs = [r for r in records if r.get("study") == "runtime" and "steps" in r]
-    return sorted(runs, key=lambda r: (patterns.index(r["pattern"]) if r["pattern"] in patterns else len(patterns),
-                                       r["sparsity"] or 0.0,
-                                       methods.index(r["method"]) if r["method"] in methods else len(methods),
-                                       r["seed"]))
+    return sorted(runs, key=lambda r: (patterns.index(r["pattern"]), r["sparsity"] or 0.0,
+                                       spec.METHODS.index(r["method"]), r["seed"]))
 
 
 def report_runtime(records) -> list:
