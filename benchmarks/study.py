@@ -620,19 +620,21 @@ def report_defaults(records, texts, size) -> list:
 
 
 def _against_best_b(by_b: dict, texts) -> list:
-    """Thanos at each B against the best B, text by text, at the seeds every B ran (paired runs:
-    the same calibration windows): percent above the lowest perplexity, its mean over the texts,
-    and whether a B is within 1 % of the best on every text. A second table does the same for the
-    block sizes that ran several seeds, over the seeds they share."""
+    """Thanos at each B against the best B, text by text, at the seeds every compared B ran
+    (paired runs: the same calibration windows): percent above the lowest perplexity, its mean
+    over the texts, and whether a B is within 1 % of the best on every text. One table over the
+    seeds all B share, then one per level of seeds: the block sizes that ran at least k seeds,
+    over the seeds they share, wherever that is more seeds than the table before."""
     if len(by_b) < 2:
         return []
     seeds_of = {b: {r["seed"] for r in runs} for b, runs in by_b.items()}
-    shared = set.intersection(*seeds_of.values())
-    lines = _best_b_table(by_b, texts, shared)
-    wide = {b: runs for b, runs in by_b.items() if len(seeds_of[b]) > 1}
-    wide_shared = set.intersection(*(seeds_of[b] for b in wide)) if wide else set()
-    if len(wide) >= 2 and len(wide_shared) > len(shared):
-        lines += _best_b_table(wide, texts, wide_shared)
+    lines, seeds_so_far = [], 0
+    for k in sorted({len(s) for s in seeds_of.values()}):
+        group = {b: runs for b, runs in by_b.items() if len(seeds_of[b]) >= k}
+        shared = set.intersection(*(seeds_of[b] for b in group))
+        if len(group) >= 2 and len(shared) > seeds_so_far:
+            lines += _best_b_table(group, texts, shared)
+            seeds_so_far = len(shared)
     return lines
 
 

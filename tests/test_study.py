@@ -457,19 +457,27 @@ def test_cli_prune_with_metric_reaches_prune_model_and_the_report(tmp_path):
 
 
 def test_block_sizes_are_compared_at_the_seeds_they_share():
-    """B = 128 ran seed 0, 256 seeds 0-2, 512 seeds 0-4: one table over seed 0 (all three B), one
-    over seeds 0-2 (256 and 512), never a mean over seeds one of the compared B's lacks."""
+    """B = 128 ran seed 0, 1024 seeds 0-1, 256 seeds 0-2, 512 seeds 0-4: one table over seed 0
+    (all four B), one over seeds 0-1 (1024, 256, 512), one over seeds 0-2 (256 and 512), never a
+    mean over seeds one of the compared B's lacks, and a B with fewer seeds never shrinks the
+    table of those with more."""
     def runs(b, seeds):
         return [dict(seed=s, perplexity={"wiki": 100.0 + b / 128 + s}) for s in seeds]
 
-    by_b = {128: runs(128, [0]), 256: runs(256, [0, 1, 2]), 512: runs(512, [0, 1, 2, 3, 4])}
+    by_b = {128: runs(128, [0]), 256: runs(256, [0, 1, 2]), 512: runs(512, [0, 1, 2, 3, 4]), 1024: runs(1024, [0, 1])}
     lines = study._against_best_b(by_b, ["wiki"])
     titles = [line for line in lines if line.startswith("Thanos by B")]
-    assert [t.split(" (")[0] for t in titles] == ["Thanos by B, mean over seed 0", "Thanos by B, mean over seeds 0, 1, 2"]
-    second = lines[lines.index(titles[1]):]
-    assert [row.split(" | ")[0] for row in second if row.startswith("| 2") or row.startswith("| 5")] == ["| 256", "| 512"]
+    assert [t.split(" (")[0] for t in titles] == ["Thanos by B, mean over seed 0", "Thanos by B, mean over seeds 0, 1",
+                                                   "Thanos by B, mean over seeds 0, 1, 2"]
+
+    def rows(title):
+        table = lines[lines.index(title) + 2:]
+        return [row.split(" | ")[0] for row in table[2:table.index("")]]
+    assert [rows(t) for t in titles] == [["| 128", "| 256", "| 512", "| 1024"], ["| 256", "| 512", "| 1024"],
+                                         ["| 256", "| 512"]]
+    third = lines[lines.index(titles[2]):]
     # seeds 0-2: 256 has mean 103, 512 has 105, so 512 is 100 * (105 / 103 - 1) % above the best
-    assert f"| 512 | {100 * (105 / 103 - 1):.1f} |" in "\n".join(second)
+    assert f"| 512 | {100 * (105 / 103 - 1):.1f} |" in "\n".join(third)
 
 
 def test_report_rows_sort_numbers_by_value():
