@@ -43,7 +43,7 @@ def parse_args(argv):
     p.add_argument("--eval-seqlen", type=int, default=512, help="tokens per perplexity window (default: 512)")
     p.add_argument("--max-windows", type=int, default=8, help="perplexity windows (default: 8)")
     p.add_argument("--block-size", type=int, default=None,
-                   help="columns per block (default: thanos.default_block_size for each method and pattern)")
+                   help="columns per block (default: thanos.default_block_size for each method, pattern and layer width)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", default=None, help="comma-separated methods (default: all)")
@@ -98,7 +98,7 @@ def markdown(payload: dict) -> str:
         f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to float32), every Linear of the 30 decoder blocks pruned; "
         f"calibration: {s['nsamples']} random windows of {s['seqlen']} tokens of C4 (seed {s['seed']}); "
         f"perplexity: the first {payload['eval_windows']} non-overlapping windows of {s['eval_seqlen']} tokens of the "
-        f"Wikipedia sample; block size {s['block_size'] or 'B (the default of each method and pattern)'}, percdamp 0.01. Time: one run of the pruning pass (calibration "
+        f"Wikipedia sample; block size {s['block_size'] or 'B (the default of each method, pattern and layer width)'}, percdamp 0.01. Time: one run of the pruning pass (calibration "
         f"forwards + solver), without the evaluation.",
         "",
         "| method | pattern | alpha | B | perplexity | sparsity | time (s) |",
@@ -106,7 +106,7 @@ def markdown(payload: dict) -> str:
         f"| dense | - | - | - | {payload['dense_perplexity']:.2f} | 0 | - |",
     ]
     for r in payload["runs"]:
-        lines.append(f"| {r['method']} | {PATTERN_LABEL[r['pattern']]} | {r['alpha']:g} | {r.get('block_size', '-') if r['method'] in DEFAULT_BLOCK_SIZE else '-'} | "
+        lines.append(f"| {r['method']} | {PATTERN_LABEL[r['pattern']]} | {r['alpha']:g} | {r.get('block_size') or '-' if r['method'] in DEFAULT_BLOCK_SIZE else '-'} | "
                      f"{r['perplexity']:.2f} | "
                      f"{r['achieved_sparsity']:.4f} | {r['seconds']:.1f} |")
     lines += ["", "Targets:", ""]
@@ -163,8 +163,9 @@ def main(argv=None) -> int:
         result = prune_model(pruned, calibration, method=method, pattern=pattern, sparsity=sparsity, alpha=alpha,
                              block_size=args.block_size, device=args.device, progress=not args.no_progress)
         ppl = data.perplexity(pruned, windows, device=args.device).value
-        runs.append(dict(method=method, pattern=pattern, sparsity=sparsity, alpha=alpha, block_size=result.block_size,
-                         perplexity=ppl,
+        used = result.block_sizes  # per Linear: the default depends on the layer's width
+        runs.append(dict(method=method, pattern=pattern, sparsity=sparsity, alpha=alpha,
+                         block_size="/".join(str(b) for b in used) or None, perplexity=ppl,
                          achieved_sparsity=result.achieved_sparsity, seconds=result.seconds,
                          solver_seconds=sum(layer.seconds for layer in result.layers)))
         print(f"{method:9s} {pattern:12s} alpha={alpha:<4g} perplexity {ppl:9.3f}  sparsity {result.achieved_sparsity:.4f}  "

@@ -55,6 +55,8 @@ RESULTS = HERE / "results"
 README = HERE / "README.md"
 
 WHOLE = 0  # block size label for "the whole layer" (B >= every layer's input width)
+# the widest Linear input of SmolLM2-135M (down_proj), the model every study prunes (a test checks it)
+MODEL_MAX_INPUT_WIDTH = 1536
 CALIBRATION_SHARE = 0.9  # calibration draws from the first 90 % of the C4 sample's tokens
 TEXTS = ("wiki", "c4-heldout", "code", "technical", "multilingual", "tiny")
 STUDIES = ("blocksize", "metric", "alpha", "calibration", "owl", "runtime")
@@ -65,6 +67,21 @@ METRIC_SPARSITIES = {"unstructured": (0.5, 0.7)}
 # the OWL study's Thanos scores per sparsity: at 70 %, where SparseGPT's score restored Thanos'
 # lead over SparseGPT (the metric study), whether it and OWL's block sparsities add up is asked
 OWL_SCORES = {0.5: ("psi",), 0.7: ("psi", "sparsegpt")}
+
+
+def study_block_size(method: str, pattern: str) -> int:
+    """The B every study but blocksize runs a method at: ``spec.fixed_block_size``, which was the
+    library's default before Thanos at 2:4 moved to the whole layer (2026-12-06); their runs were
+    made there, and what they vary (the score, alpha, the calibration size, OWL) is not B."""
+    return spec.fixed_block_size(method, pattern)
+
+
+def library_block_size(method: str, pattern: str) -> int:
+    """The B ``block_size=None`` gives on the studies' model, as the tables label it: WHOLE where
+    the default is the whole layer up to its widest input (then for every narrower one too), else
+    the fixed B."""
+    b = spec.default_block_size(method, pattern, MODEL_MAX_INPUT_WIDTH)
+    return WHOLE if method == "thanos" and b == MODEL_MAX_INPUT_WIDTH else b
 
 
 def owl_scores(method: str, sparsity: float) -> tuple:
@@ -110,8 +127,8 @@ PATTERN_SPARSITY = {"unstructured": 0.5, "2:4": None, "4:8": None, "structured":
 # ------------------------------------------------------------------------------- configurations
 @dataclass(frozen=True)
 class Config:
-    """One pruning run (before the seed). ``block_size`` None: the library's default for the method
-    and pattern (``thanos.default_block_size``); ``nsamples`` None: the size's default."""
+    """One pruning run (before the seed). ``block_size`` None: ``study_block_size`` for the method
+    and pattern; ``nsamples`` None: the size's default."""
 
     study: str
     method: str
@@ -124,9 +141,7 @@ class Config:
     nsamples: Optional[int] = None
 
     def resolved(self, size: Size) -> "Config":
-        from thanos import default_block_size
-
-        block = default_block_size(self.method, self.pattern) if self.block_size is None else self.block_size
+        block = study_block_size(self.method, self.pattern) if self.block_size is None else self.block_size
         return dataclasses.replace(self, block_size=block, nsamples=self.nsamples or size.nsamples)
 
     def key(self, seed: int, size: str) -> str:
@@ -418,10 +433,8 @@ def in_study(r: dict, study: str, size: Size) -> bool:
         return False
     if study == "runtime":
         return True
-    from thanos import default_block_size
-
     standard = r["sparsity"] == PATTERN_SPARSITY.get(r["pattern"], -1)
-    default_b = r["block_size"] == default_block_size(r["method"], r["pattern"])
+    default_b = r["block_size"] == study_block_size(r["method"], r["pattern"])
     plain = r["metric"] == "psi" and r["layer_sparsity"] == "uniform"
     calibrated = r["nsamples"] == size.nsamples
     if study == "blocksize":
@@ -577,16 +590,21 @@ def report_blocksize(records, texts, size) -> list:
 
 
 def defaults_pairs(records, size) -> list:
-    """[(pattern, calibration windows, Thanos runs, SparseGPT runs)]: each method at its default B
-    (psi, uniform, alpha 0), for every calibration size both ran."""
-    groups = group(records, "calibration", size)  # default B, psi, uniform, alpha 0: every window count
+    """[(pattern, calibration windows, Thanos runs, SparseGPT runs)]: each method at the B
+    ``block_size=None`` gives (``library_block_size``; psi, uniform, alpha 0), for every
+    calibration size both ran at."""
+    runs: dict = {}
+    for r in records:
+        if (r.get("method") in ("thanos", "sparsegpt") and r["study"] != "runtime" and r["alpha"] == 0
+                and r["metric"] == "psi" and r["layer_sparsity"] == "uniform"
+                and r["sparsity"] == PATTERN_SPARSITY.get(r["pattern"], -1)
+                and r["block_size"] == library_block_size(r["method"], r["pattern"])):
+            runs.setdefault((r["pattern"], r["nsamples"], r["method"]), []).append(r)
     out = []
     for pattern in PATTERN_SPARSITY:
-        for n in sorted({k[7] for k in groups if k[1] == pattern}):
-            pick = {m: next((v for k, v in groups.items() if k[0] == m and k[1] == pattern and k[7] == n), None)
-                    for m in ("thanos", "sparsegpt")}
-            if all(pick.values()):
-                out.append((pattern, n, pick["thanos"], pick["sparsegpt"]))
+        for n in sorted({k[1] for k in runs if k[0] == pattern}):
+            if (pattern, n, "thanos") in runs and (pattern, n, "sparsegpt") in runs:
+                out.append((pattern, n, runs[(pattern, n, "thanos")], runs[(pattern, n, "sparsegpt")]))
     return out
 
 
@@ -594,8 +612,6 @@ def report_defaults(records, texts, size) -> list:
     """One line per pattern and calibration size: Thanos at its default B against SparseGPT at its
     default, text by text: mean perplexities over the shared seeds, the per-seed paired difference,
     the seed noise, the verdict and the paired t-test's p-value."""
-    from thanos import default_block_size
-
     lines = ["| pattern | B | calibration windows | seeds | " + " | ".join(texts) + " |",
              "|---|---:|---:|---:|" + "---|" * len(texts)]
     for pattern, n, thanos_runs, sparsegpt_runs in defaults_pairs(records, size):
@@ -615,7 +631,7 @@ def report_defaults(records, texts, size) -> list:
             continue
         seeds = max(len(_paired(thanos_runs, sparsegpt_runs, t)[0]) for t in texts)
         lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | "
-                     f"{default_block_size('thanos', pattern)} | {n} | {seeds} | " + " | ".join(cells) + " |")
+                     f"{_label_b(library_block_size('thanos', pattern))} | {n} | {seeds} | " + " | ".join(cells) + " |")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -929,7 +945,10 @@ def report(args) -> int:
               f"on a machine shared with other jobs (compare them within a table only).", ""]
     if dense:
         lines += ["Dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense[0]["perplexity"].items()), ""]
-    sections = [("The defaults against SparseGPT (Thanos at thanos.default_block_size, SparseGPT at B = 128; "
+    thanos_b = ", ".join(f"{_label_b(library_block_size('thanos', p))} at {_pattern_label(p, PATTERN_SPARSITY[p])}"
+                         for p in PATTERN_SPARSITY if p != "structured")
+    sections = [(f"The defaults against SparseGPT (Thanos at the B block_size=None gives on this model, "
+                 f"thanos.default_block_size: {thanos_b}; SparseGPT at B = 128; "
                  "cells: Thanos vs SparseGPT mean perplexity, the per-seed paired difference mean ± std, the seed "
                  "noise = the larger std over seeds, the two-sided p-value of a paired t-test of the per-seed "
                  "differences, and whether Thanos is ahead by more than the noise: the verdict)",

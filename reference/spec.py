@@ -81,27 +81,53 @@ def parse_pattern(pattern: Any) -> tuple[str, int, int]:
     raise ValueError(f"pattern must be 'unstructured', 'structured' or 'N:M' such as '2:4', got {pattern!r}")
 
 
-# What ``block_size=None`` (the default) means, per method and pattern. SparseGPT keeps its paper's
-# B = 128. Thanos' B is chosen from the block-size study on SmolLM2-135M (benchmarks/README.md,
-# "The default block size"): unstructured B = 128 (every B from 64 to 512 within 0.2 points of the
-# per-text best averaged over five texts at --full size; the cheapest); 2:4 B = 512 (1.3 % above the
-# per-text best at --full size over three seeds, B = 128 4.4 %; 0.3 % against the runner-up 1024's
-# 1.0 % over five seeds), as the paper's code uses; 4:8 B = 256 (0.9 % above the per-text best at
-# --full size over five seeds, B = 512 1.4 %). An N:M pattern the study did not measure takes the
-# N:M entry, 512. Structured Thanos removes whole columns at once and ignores B.
+# What ``block_size=None`` (the default) means, per method, pattern and layer width. SparseGPT keeps
+# its paper's B = 128. Thanos' B is chosen from the block-size study on SmolLM2-135M (benchmarks/
+# README.md, "The default block size"): the perplexity above the per-text best B, averaged over
+# five evaluation texts, five calibration seeds at --full size (B = 32 and 64 at 2:4 and 4:8 at
+# fewer seeds):
+# - 2:4: the whole layer (B = b, one block) on a layer of at most WHOLE_LAYER_MAX_COLUMNS input
+#   columns: 0.3 % above the per-text best and within 1.3 % of it on every text; B = 512 1.6 %,
+#   1024 2.3 %, 128 5.6 %. Each row's system grows with the block (the solve costs c b B^2), so
+#   the whole layer's cost is cubic in b: wider layers, where it is neither measured nor cheap,
+#   take the fixed B = 512, as the paper's code uses.
+# - unstructured: B = 128 (1.0 %; 64 1.1 %, 256 1.2 %, 512 1.4 %). The whole layer is 0.7 %, at
+#   7-10 times the solver time, worse on code at every seed, and not measured at other
+#   sparsities, which the same default would cover: not taken.
+# - 4:8: B = 256 (1.0 %; 512 1.5 %).
+# An N:M pattern the study did not measure takes the N:M entry, 512, and no whole layer.
+# Structured Thanos removes whole columns at once and ignores B.
 DEFAULT_BLOCK_SIZE = {"sparsegpt": 128, "thanos": {"unstructured": 128, "N:M": 512, "structured": 128}}
 # the N:M patterns (N, M) measured to want a B other than the N:M entry above
 DEFAULT_BLOCK_SIZE_NM = {(4, 8): 256}
+# the patterns (kind, N, M) where Thanos' default is the whole layer, up to this many input columns
+# (the widest layer measured: SmolLM2-135M's down_proj)
+DEFAULT_WHOLE_LAYER = {("N:M", 2, 4)}
+WHOLE_LAYER_MAX_COLUMNS = 1536
 
 
-def default_block_size(method: Any, pattern: Any) -> int:
-    """The block size ``block_size=None`` stands for with ``method`` and ``pattern``."""
+def fixed_block_size(method: Any, pattern: Any) -> int:
+    """The fixed B of ``DEFAULT_BLOCK_SIZE`` for ``method`` and ``pattern``: the default on a layer
+    the whole-layer rule does not cover (``default_block_size``)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     kind, n, m = parse_pattern(pattern)
-    if method == "thanos":
-        return DEFAULT_BLOCK_SIZE_NM.get((n, m), DEFAULT_BLOCK_SIZE["thanos"][kind])
-    return DEFAULT_BLOCK_SIZE["sparsegpt"]  # Wanda and magnitude have no blocks; any B is the same
+    if method != "thanos":
+        return DEFAULT_BLOCK_SIZE["sparsegpt"]  # Wanda and magnitude have no blocks; any B is the same
+    return DEFAULT_BLOCK_SIZE_NM.get((n, m), DEFAULT_BLOCK_SIZE["thanos"][kind])
+
+
+def default_block_size(method: Any, pattern: Any, columns: Any) -> int:
+    """The block size ``block_size=None`` stands for with ``method`` and ``pattern`` on a layer of
+    ``columns`` input columns (b): for Thanos at a pattern of ``DEFAULT_WHOLE_LAYER`` with
+    b <= ``WHOLE_LAYER_MAX_COLUMNS``, the whole layer (B = b); else ``fixed_block_size``."""
+    block = fixed_block_size(method, pattern)
+    b = as_integer(columns)
+    if b is None or b < 1:
+        raise ValueError(f"columns (the layer's input width b) must be a positive integer, got {columns!r}")
+    if method == "thanos" and parse_pattern(pattern) in DEFAULT_WHOLE_LAYER and b <= WHOLE_LAYER_MAX_COLUMNS:
+        return b
+    return block
 
 
 @dataclass(frozen=True)
@@ -189,7 +215,7 @@ def check_arguments(
         sparsity_value = None if sparsity is None else as_real(sparsity)
         if sparsity_value is None or not 0.0 <= sparsity_value < 1.0:
             raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    block = default_block_size(method, pattern) if block_size is None else as_integer(block_size)
+    block = default_block_size(method, pattern, b) if block_size is None else as_integer(block_size)
     if block is None or block < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
     if kind == "N:M" and block % m:

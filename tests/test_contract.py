@@ -328,17 +328,23 @@ def test_float64_weights_compute_in_float64_by_default():
 
 @pytest.mark.parametrize("method", spec.METHODS)
 @pytest.mark.parametrize("pattern", ["unstructured", "structured", "2:4", "4:8"])
-def test_block_size_none_means_the_documented_default_in_both(method, pattern):
+@pytest.mark.parametrize("b", [1024 + 8, spec.WHOLE_LAYER_MAX_COLUMNS + 8])
+def test_block_size_none_means_the_documented_default_in_both(method, pattern, b):
     """``block_size=None`` (the default of ``reference.prune``, ``thanos.prune``, ``prune_model`` and
-    the CLI) is ``spec.default_block_size``: the same result as passing that B (the same code runs
-    twice on the same values, so the results are the same bits), a multiple of M for N:M."""
-    B = thanos.default_block_size(method, pattern)
+    the CLI) is ``spec.default_block_size`` for the layer's width: the same result as passing that B
+    (the same code runs twice on the same values, so the results are the same bits), a multiple of
+    M for N:M. b = 1032 (under the whole-layer limit) and 1544 (over it) are both wider than every
+    fixed B, so the blocks matter: at 2:4 Thanos' default is the whole layer at 1032 and B = 512 at
+    1544, and the other B gives other weights."""
+    B = thanos.default_block_size(method, pattern, b)
     kind, _, m = spec.parse_pattern(pattern)
     assert B >= 1 and (kind != "N:M" or B % m == 0)
+    whole = method == "thanos" and pattern == "2:4" and b <= spec.WHOLE_LAYER_MAX_COLUMNS
+    assert B == (b if whole else spec.fixed_block_size(method, pattern))
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((1100, 1024 + 8))
-    H = X.T @ X / 1100  # b = 1032 > every default B: the blocks matter
-    W = rng.standard_normal((6, H.shape[0]))
+    X = rng.standard_normal((b + 68, b))
+    H = X.T @ X / X.shape[0]
+    W = rng.standard_normal((6, b))
     sparsity = None if kind == "N:M" else 0.3
     Hm = None if method == "magnitude" else H
     for prune, w, h in ((reference.prune, W, Hm), (thanos.prune, torch.tensor(W), None if Hm is None else torch.tensor(Hm))):
@@ -346,23 +352,36 @@ def test_block_size_none_means_the_documented_default_in_both(method, pattern):
         explicit = prune(w, h, method=method, pattern=pattern, sparsity=sparsity, block_size=B)
         assert (np.asarray(default.weight) == np.asarray(explicit.weight)).all()
         assert (np.asarray(default.mask) == np.asarray(explicit.mask)).all()
+        if method == "thanos" and kind == "N:M":  # the test can tell the whole layer from the fixed B
+            other = prune(w, h, method=method, pattern=pattern, block_size=512 if whole else b)
+            assert not np.allclose(np.asarray(default.weight), np.asarray(other.weight))
 
 
-def test_default_block_size_is_per_measured_n_m_pattern_else_per_kind():
-    """Thanos' default B is looked up by the (N, M) the pattern parses to where the block-size study
-    measured that pattern, else by the pattern's kind; other methods have one B for every pattern."""
-    for pattern in ("unstructured", "structured", "2:4", "4:8", "1:4", "8:16", " 4 : 8 "):
+def test_default_block_size_is_the_whole_layer_where_measured_else_per_pattern():
+    """Thanos' default B: the whole layer (B = b) at the patterns of ``DEFAULT_WHOLE_LAYER`` up to
+    ``WHOLE_LAYER_MAX_COLUMNS`` input columns; else looked up by the (N, M) the pattern parses to
+    where the block-size study measured that pattern, else by the pattern's kind. Other methods
+    have one B for every pattern and width."""
+    limit = spec.WHOLE_LAYER_MAX_COLUMNS
+    assert spec.DEFAULT_WHOLE_LAYER == {("N:M", 2, 4)}
+    for pattern in ("unstructured", "structured", "2:4", "4:8", "1:4", "8:16", " 4 : 8 ", " 2 : 4 "):
         kind, n, m = spec.parse_pattern(pattern)
-        expected = spec.DEFAULT_BLOCK_SIZE_NM.get((n, m), spec.DEFAULT_BLOCK_SIZE["thanos"][kind])
-        assert thanos.default_block_size("thanos", pattern) == expected
-        for method in ("sparsegpt", "wanda", "magnitude"):
-            assert thanos.default_block_size(method, pattern) == spec.DEFAULT_BLOCK_SIZE["sparsegpt"]
-    assert thanos.default_block_size("thanos", " 4 : 8 ") == thanos.default_block_size("thanos", "4:8")
+        fixed = spec.DEFAULT_BLOCK_SIZE_NM.get((n, m), spec.DEFAULT_BLOCK_SIZE["thanos"][kind])
+        assert spec.fixed_block_size("thanos", pattern) == fixed
+        for b in (16, 576, limit, limit + 16, 11008):
+            whole = (kind, n, m) == ("N:M", 2, 4) and b <= limit
+            assert thanos.default_block_size("thanos", pattern, b) == (b if whole else fixed)
+            for method in ("sparsegpt", "wanda", "magnitude"):
+                assert thanos.default_block_size(method, pattern, b) == spec.DEFAULT_BLOCK_SIZE["sparsegpt"]
+    assert thanos.default_block_size("thanos", " 4 : 8 ", 64) == thanos.default_block_size("thanos", "4:8", 64)
     assert all(nm[0] < nm[1] and b % nm[1] == 0 for nm, b in spec.DEFAULT_BLOCK_SIZE_NM.items())
 
 
 def test_default_block_size_names_a_wrong_argument():
     with pytest.raises(ValueError, match="method"):
-        thanos.default_block_size("obs", "2:4")
+        thanos.default_block_size("obs", "2:4", 64)
     with pytest.raises(ValueError, match="pattern"):
-        thanos.default_block_size("thanos", "4:2")
+        thanos.default_block_size("thanos", "4:2", 64)
+    for columns in (0, -8, 64.0, True, None, "64"):
+        with pytest.raises(ValueError, match="columns"):
+            thanos.default_block_size("thanos", "2:4", columns)

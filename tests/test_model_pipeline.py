@@ -197,14 +197,27 @@ def test_report_saved_and_progress_optional(tmp_path, capsys):
     assert "block" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method,pattern", [("thanos", "2:4"), ("thanos", "unstructured"), ("sparsegpt", "2:4")])
-def test_the_block_size_reported_is_the_one_used(method, pattern):
-    """No block_size: the result reports the default it pruned with (``thanos.default_block_size``)."""
+@pytest.mark.parametrize("method,pattern", [("thanos", "2:4"), ("thanos", "unstructured"), ("sparsegpt", "2:4"),
+                                            ("thanos", "structured"), ("wanda", "2:4")])
+@pytest.mark.parametrize("block_size", [None, 16])
+def test_the_block_size_reported_is_the_one_used(method, pattern, block_size):
+    """The result reports the argument (None: each Linear's default for its width,
+    ``thanos.default_block_size``) and, per Linear, the B it was pruned with; None where B plays no
+    role (Wanda, structured Thanos)."""
     model, _ = tiny_model("llama", layers=1)
-    sparsity = 0.5 if pattern == "unstructured" else None
-    result = prune_model(model, calibration(), method=method, pattern=pattern, sparsity=sparsity, progress=False)
-    assert result.block_size == thanos.default_block_size(method, pattern)
-    assert result.as_dict()["block_size"] == result.block_size
+    sparsity = None if ":" in pattern else 0.5
+    result = prune_model(model, calibration(), method=method, pattern=pattern, sparsity=sparsity,
+                         block_size=block_size, progress=False)
+    assert result.block_size == block_size and result.as_dict()["block_size"] == block_size
+    blockless = method == "wanda" or pattern == "structured"
+    widths = {layer.shape[1] for layer in result.layers}
+    assert len(widths) > 1  # the tiny model's Linears differ in width, so a per-width default shows
+    for layer, record in zip(result.layers, result.as_dict()["layers"]):
+        expected = None if blockless else block_size or thanos.default_block_size(method, pattern, layer.shape[1])
+        assert layer.block_size == record["block_size"] == expected
+    assert result.block_sizes == sorted({layer.block_size for layer in result.layers} - {None})
+    if method == "thanos" and pattern == "2:4" and block_size is None:  # the whole layer, every width
+        assert result.block_sizes == sorted(widths)
 
 
 def test_decoder_layers_found_or_clear_error():

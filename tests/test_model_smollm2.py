@@ -51,6 +51,13 @@ def pruned(smollm2):
     return get
 
 
+def test_the_studies_know_the_widest_input(smollm2):
+    """benchmarks/study.py labels Thanos' default at 2:4 "whole" on this model from its widest input."""
+    from benchmarks import study
+
+    assert study.max_input_width(smollm2[0]) == study.MODEL_MAX_INPUT_WIDTH
+
+
 def test_dense_perplexity_is_sane(smollm2):
     model, _, _, windows = smollm2
     ppl = data.perplexity(model, windows).value

@@ -183,7 +183,7 @@ def test_a_run_serves_every_study_that_asks_for_it(tmp_path, tiny_study):
     from benchmarks import cpu_name
 
     out = tmp_path / "runs.jsonl"
-    default_b = thanos.default_block_size("thanos", "2:4")
+    default_b = study.study_block_size("thanos", "2:4")
     assert study.main(["blocksize", "--patterns", "2:4", "--seeds", "0", "--block-sizes", str(default_b), "--out", str(out),
                        "--no-progress"], loader=tiny_study) == 0
     before = [r for r in study.read_records(out) if r["method"] != "dense"]
@@ -497,3 +497,25 @@ def test_cpu_name_reads_the_model_name_else_falls_back(tmp_path):
     info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n")  # no model name line (some ARM and VM kernels)
     fallback = cpu_name(str(info))
     assert fallback and fallback == cpu_name(str(tmp_path / "missing"))
+
+
+def test_defaults_table_pairs_sparsegpt_with_thanos_at_the_library_default(tmp_path, tiny_study):
+    """``block_size=None`` at 2:4 is the whole layer on the studies' model (every input at most
+    ``MODEL_MAX_INPUT_WIDTH`` wide), so the defaults table takes Thanos' whole-layer runs there, not
+    the B = 512 runs the other studies make; at the other patterns both are the fixed B."""
+    assert study.library_block_size("thanos", "2:4") == study.WHOLE != study.study_block_size("thanos", "2:4")
+    for pattern in ("unstructured", "4:8", "structured"):
+        assert study.library_block_size("thanos", pattern) == study.study_block_size("thanos", pattern) > 0
+    assert study.library_block_size("sparsegpt", "2:4") == study.study_block_size("sparsegpt", "2:4") == 128
+    out = tmp_path / "runs.jsonl"
+    assert study.main(["blocksize", "--patterns", "2:4", "--seeds", "0,1", "--block-sizes",
+                       f"{study.study_block_size('thanos', '2:4')},0", "--out", str(out), "--no-progress"],
+                      loader=tiny_study) == 0
+    records = study.newest_records(study.read_records(out), "quick")
+    assert {r["block_size"] for r in records if r["method"] == "thanos"} == {512, study.WHOLE}
+    [(pattern, n, thanos_runs, sparsegpt_runs)] = study.defaults_pairs(records, TINY)
+    assert (pattern, n) == ("2:4", TINY.nsamples)
+    assert sorted((r["block_size"], r["seed"]) for r in thanos_runs) == [(study.WHOLE, 0), (study.WHOLE, 1)]
+    assert sorted((r["block_size"], r["seed"]) for r in sparsegpt_runs) == [(128, 0), (128, 1)]
+    [row] = [line for line in study.report_defaults(records, ["wiki"], TINY) if "2:4" in line]
+    assert row.split(" | ")[1] == "whole"

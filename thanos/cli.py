@@ -134,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned in [0, 1) (default: 0.5; implied by N:M)")
     p.add_argument("--alpha", type=float, default=0.0, help="Thanos structured/N:M: fraction of rows kept dense (default: 0)")
     p.add_argument("--block-size", type=int, default=None,
-                   help="columns per block (default: thanos.default_block_size for the method and pattern)")
+                   help="columns per block (default: thanos.default_block_size for the method, pattern and each layer's "
+                        "width: for Thanos at 2:4 the whole layer up to 1536 input columns; the report's "
+                        "block_sizes lists the ones used)")
     p.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean(diag H) (default: 0.01)")
     p.add_argument("--metric", default="psi", choices=spec.METRICS,
                    help="Thanos unstructured/N:M: the score the mask ranks weights by: psi = |W| ||X|| (the paper's; "
@@ -688,6 +690,7 @@ def _run_prune(args) -> int:
         "achieved_sparsity": result.achieved_sparsity,
         "perplexity_before": None if before is None else before.as_dict(),
         "perplexity_after": None if after is None else after.as_dict(),
+        "block_sizes": result.block_sizes,
         "prune_seconds": result.seconds,
         "wall_seconds": time.perf_counter() - started,
         "peak_memory": peak_memory(),

@@ -46,7 +46,9 @@ _CACHE_KEYWORDS = ("cache", "past_key_value", "past_key_values", "layer_past")
 
 @dataclass
 class LayerResult:
-    """One pruned ``nn.Linear``: ``name`` is its path in the model, ``shape`` (out, in)."""
+    """One pruned ``nn.Linear``: ``name`` is its path in the model, ``shape`` (out, in);
+    ``block_size``: the B it was pruned with (the argument, or the default for its width,
+    ``thanos.default_block_size``), None where B plays no role (Wanda, magnitude, structured Thanos)."""
 
     name: str
     block: int
@@ -60,6 +62,7 @@ class LayerResult:
     seconds: float
     tokens: int
     rank: int = 0
+    block_size: Optional[int] = None
 
 
 @dataclass
@@ -67,7 +70,9 @@ class ModelPruneResult:
     """What ``prune_model`` returns: the settings, one ``LayerResult`` per Linear (in pruning
     order), and the overall sparsity of the pruned Linears. ``masks`` (with ``keep_masks``) maps
     each pruned Linear's full name to its boolean mask (True = pruned) on the CPU; it is not part
-    of ``as_dict``. ``peak_device_memory_mib``: ``torch.cuda.max_memory_allocated`` over the run on
+    of ``as_dict``. ``block_size``: the argument; None (the default) lets each Linear take the
+    default for its width, which its ``LayerResult.block_size`` reports (``block_sizes``: the
+    distinct ones). ``peak_device_memory_mib``: ``torch.cuda.max_memory_allocated`` over the run on
     a CUDA device (None on the CPU); ``peak_block_memory_mib``: the largest sum, over one block, of
     what the pipeline put on the compute device (the block's parameters, its calibration inputs
     and outputs, its Hessians), counted tensor by tensor on any device."""
@@ -76,7 +81,7 @@ class ModelPruneResult:
     pattern: str
     sparsity: Optional[float]
     alpha: float
-    block_size: int
+    block_size: Optional[int]
     percdamp: float
     device: str
     calibration_windows: int
@@ -95,6 +100,11 @@ class ModelPruneResult:
     masks: dict = field(default_factory=dict)
 
     @property
+    def block_sizes(self) -> list:
+        """The distinct block sizes the Linears were pruned with, ascending (empty where B plays no role)."""
+        return sorted({layer.block_size for layer in self.layers if layer.block_size is not None})
+
+    @property
     def achieved_sparsity(self) -> float:
         numel = sum(layer.numel for layer in self.layers)
         return sum(layer.pruned for layer in self.layers) / numel if numel else 0.0
@@ -107,6 +117,14 @@ class ModelPruneResult:
 
     def save(self, path: Union[str, Path]) -> None:
         Path(path).write_text(json.dumps(self.as_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def layer_block_size(method: str, pattern: str, block_size: Optional[int], columns: int) -> Optional[int]:
+    """The B a Linear of ``columns`` inputs is pruned with: ``block_size``, or the default for its
+    width; None where B plays no role (Wanda, magnitude, structured Thanos)."""
+    if method not in spec.DEFAULT_BLOCK_SIZE or (method == "thanos" and spec.parse_pattern(pattern)[0] == "structured"):
+        return None
+    return int(block_size) if block_size is not None else spec.default_block_size(method, pattern, columns)
 
 
 class _StopForward(Exception):
@@ -669,7 +687,7 @@ def prune_model(
     dispatched = is_dispatched(model)
     result = ModelPruneResult(
         method=method, pattern=pattern, sparsity=None if sparsity is None else float(sparsity), alpha=float(alpha),
-        block_size=int(spec.default_block_size(method, pattern) if block_size is None else block_size),
+        block_size=None if block_size is None else int(block_size),
         percdamp=float(percdamp), device=str(device),
         calibration_windows=int(calibration.shape[0]) if needs_data else 0,
         calibration_seqlen=int(calibration.shape[1]) if needs_data else 0, blocks=len(layers),
@@ -728,7 +746,7 @@ def prune_model(
                         loss=None if res.loss is None else float(res.loss),
                         damping=None if res.damping is None else float(res.damping),
                         outlier_rows=len(res.outlier_rows), seconds=seconds, tokens=int(acc.tokens) if acc is not None else 0,
-                        rank=rank,
+                        rank=rank, block_size=layer_block_size(method, pattern, block_size, linear.in_features),
                     ), res.mask.to("cpu", torch.bool) if keep_masks else None)
                     del H, res
                 del accumulators
