@@ -138,6 +138,7 @@ def test_prune_writes_a_loadable_model_and_report(tiny_dir, text_file, tmp_path,
     assert report["perplexity_before"]["perplexity"] > 0 and report["perplexity_after"]["perplexity"] > 0
     assert report["peak_memory"]["max_rss_mib"] > 0 and report["wall_seconds"] > 0
     assert len(report["layers"]) == 14 and all(layer["sparsity"] == 0.5 for layer in report["layers"])
+    assert report["block_sizes"] == [16] and all(layer["block_size"] == 16 for layer in report["layers"])
     assert (out / "model.safetensors").is_file()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.0, help="Thanos structured/N:M: fraction of rows kept dense (default: 0)")
     p.add_argument("--block-size", type=int, default=None,
                    help="columns per block (default: thanos.default_block_size for the method, pattern and each layer's "
-                        "width: for Thanos at 2:4 the whole layer up to 1536 input columns; the report's "
-                        "block_sizes lists the ones used)")
+                        f"width: for Thanos at 2:4 the whole layer up to {spec.WHOLE_LAYER_MAX_COLUMNS} input "
+                        "columns; the report's block_sizes lists the ones used)")
     p.add_argument("--percdamp", type=float, default=0.01, help="damping, fraction of mean(diag H) (default: 0.01)")
     p.add_argument("--metric", default="psi", choices=spec.METRICS,
                    help="Thanos unstructured/N:M: the score the mask ranks weights by: psi = |W| ||X|| (the paper's; "
