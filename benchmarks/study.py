@@ -424,6 +424,14 @@ def mean_std(values: list) -> tuple:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
+def _baseline(r: dict) -> bool:
+    """Whether ``r`` is a Thanos or SparseGPT run with nothing but B and the calibration size
+    varied: psi, uniform, alpha 0, the pattern's standard sparsity, not a runtime run."""
+    return (r.get("method") in ("thanos", "sparsegpt") and r["study"] != "runtime" and r["alpha"] == 0
+            and r["metric"] == "psi" and r["layer_sparsity"] == "uniform"
+            and r["sparsity"] == PATTERN_SPARSITY.get(r["pattern"], -1))
+
+
 def in_study(r: dict, study: str, size: Size) -> bool:
     """Whether run ``r`` belongs in ``study``'s tables: the runs its grid asks for, whichever study
     made them (the B = default, 32-window, alpha 0, psi, uniform run serves them all)."""
@@ -438,8 +446,7 @@ def in_study(r: dict, study: str, size: Size) -> bool:
     plain = r["metric"] == "psi" and r["layer_sparsity"] == "uniform"
     calibrated = r["nsamples"] == size.nsamples
     if study == "blocksize":
-        return (plain and calibrated and standard and r["alpha"] == 0 and r["method"] in ("thanos", "sparsegpt")
-                and (r["method"] == "thanos" or default_b))
+        return _baseline(r) and calibrated and (r["method"] == "thanos" or default_b)
     if study == "metric":
         return (r["method"] == "thanos" and r["layer_sparsity"] == "uniform" and calibrated and r["alpha"] == 0
                 and default_b and r["pattern"] != "structured" and r["sparsity"] in metric_sparsities(r["pattern"]))
@@ -450,7 +457,7 @@ def in_study(r: dict, study: str, size: Size) -> bool:
             return r["alpha"] == 0 and r["sparsity"] < PATTERN_SPARSITY["unstructured"]
         return standard and (r["method"] == "thanos" or r["alpha"] == 0)
     if study == "calibration":
-        return plain and standard and default_b and r["alpha"] == 0 and r["method"] in ("thanos", "sparsegpt")
+        return _baseline(r) and default_b
     if study == "owl":
         return (r["pattern"] == "unstructured" and r["metric"] in owl_scores(r["method"], r["sparsity"]) and calibrated
                 and default_b and r["alpha"] == 0)
@@ -595,10 +602,7 @@ def defaults_pairs(records, size) -> list:
     calibration size both ran at."""
     runs: dict = {}
     for r in records:
-        if (r.get("method") in ("thanos", "sparsegpt") and r["study"] != "runtime" and r["alpha"] == 0
-                and r["metric"] == "psi" and r["layer_sparsity"] == "uniform"
-                and r["sparsity"] == PATTERN_SPARSITY.get(r["pattern"], -1)
-                and r["block_size"] == library_block_size(r["method"], r["pattern"])):
+        if _baseline(r) and r["block_size"] == library_block_size(r["method"], r["pattern"]):
             runs.setdefault((r["pattern"], r["nsamples"], r["method"]), []).append(r)
     out = []
     for pattern in PATTERN_SPARSITY:
