@@ -84,6 +84,13 @@ def library_block_size(method: str, pattern: str) -> int:
     return WHOLE if method == "thanos" and b == MODEL_MAX_INPUT_WIDTH else b
 
 
+def calibration_block_sizes(method: str, pattern: str) -> tuple:
+    """The Bs one method runs at in the calibration study (its grid and its table): the studies'
+    fixed B, and the library's default where that differs (Thanos at 2:4: the whole layer), so that
+    the defaults table has a line for every calibration size at the B a user gets."""
+    return tuple(dict.fromkeys((study_block_size(method, pattern), library_block_size(method, pattern))))
+
+
 def owl_scores(method: str, sparsity: float) -> tuple:
     """The scores one method runs with in the OWL study at one sparsity (its grid and its table):
     none at a sparsity the study does not run; psi only for the methods other than Thanos."""
@@ -189,7 +196,8 @@ def configs(study: str, size: Size, patterns: list) -> list:
         for pattern in patterns:
             sp = PATTERN_SPARSITY[pattern]
             for n in size.calibration_counts:
-                out += [Config(study, m, pattern, sp, nsamples=n) for m in ("thanos", "sparsegpt")]
+                out += [Config(study, m, pattern, sp, b, nsamples=n) for m in ("thanos", "sparsegpt")
+                        for b in calibration_block_sizes(m, pattern)]
     elif study == "owl":
         for sp in OWL_SCORES:
             for method in ("thanos", "sparsegpt", "wanda"):
@@ -457,7 +465,7 @@ def in_study(r: dict, study: str, size: Size) -> bool:
             return r["alpha"] == 0 and r["sparsity"] < PATTERN_SPARSITY["unstructured"]
         return standard and (r["method"] == "thanos" or r["alpha"] == 0)
     if study == "calibration":
-        return _baseline(r) and default_b
+        return _baseline(r) and r["block_size"] in calibration_block_sizes(r["method"], r["pattern"])
     if study == "owl":
         return (r["pattern"] == "unstructured" and r["metric"] in owl_scores(r["method"], r["sparsity"]) and calibrated
                 and default_b and r["alpha"] == 0)
@@ -856,17 +864,20 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
         for k, v in groups.items():
             if study == "alpha" and k[1] == "unstructured":
                 continue
-            series.setdefault((k[0], k[1], k[2]), []).append((k[key_index], v))
+            series.setdefault((k[0], k[1], k[2], k[3]), []).append((k[key_index], v))
         if not series:
             continue
         fig, axes = plt.subplots(1, len(texts), figsize=(4.2 * len(texts), 3.2), squeeze=False)
         for i, text in enumerate(texts):
             ax = axes[0][i]
-            for (method, pattern, sparsity), points in sorted(series.items()):
+            for (method, pattern, sparsity, b), points in sorted(series.items(), key=lambda kv: _sort_key(kv[0])):
                 points.sort()
                 ms = [mean_std(_values(v, text)) for _, v in points]
+                # B in the label only where the study runs a method at more than one B
+                several = len({k[3] for k in series if k[:3] == (method, pattern, sparsity)}) > 1
                 ax.errorbar([x for x, _ in points], [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms],
-                            marker="o", capsize=3, label=f"{method} {_pattern_label(pattern, sparsity)}")
+                            marker="o", capsize=3, label=f"{method} {_pattern_label(pattern, sparsity)}"
+                            + (f" B={_label_b(b)}" if several else ""))
             ax.set_xlabel(xlabel)
             ax.set_ylabel("perplexity")
             ax.set_yscale("log")
@@ -960,7 +971,8 @@ def report(args) -> int:
                 ("Block size", report_blocksize(records, texts, size)),
                 ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"], size)),
                 ("Alpha", report_generic(records, texts, "alpha", ["method", "pattern", "alpha"], size)),
-                ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "calibration windows"], size)),
+                ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "B", "calibration windows"],
+                                                     size)),
                 ("Uniform against outlier-weighted (OWL) block sparsity",
                  report_generic(records, texts, "owl", ["method", "metric", "pattern", "layer sparsity"], size)),
                 ("Runtime per step (seconds, one run, CPU)", report_runtime(records))]

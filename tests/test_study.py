@@ -325,6 +325,33 @@ def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp
     assert (tmp_path / "study-quick-defaults.png").stat().st_size > 1000
 
 
+def test_calibration_study_runs_thanos_also_at_the_library_default_where_it_differs(tmp_path, tiny_study):
+    """At 2:4, where Thanos' default (the whole layer) is not the studies' fixed B, the calibration
+    study runs both, its table tells them apart by B, and the defaults table has a 2:4 line for
+    every calibration size (Thanos at the whole layer against SparseGPT)."""
+    fixed, library = study.study_block_size("thanos", "2:4"), study.library_block_size("thanos", "2:4")
+    assert fixed != library == study.WHOLE
+    assert study.calibration_block_sizes("thanos", "2:4") == (fixed, library)
+    assert study.calibration_block_sizes("thanos", "4:8") == (study.study_block_size("thanos", "4:8"),)
+    assert study.calibration_block_sizes("sparsegpt", "2:4") == (study.study_block_size("sparsegpt", "2:4"),)
+    out = tmp_path / "runs.jsonl"
+    assert study.main(["calibration", "--patterns", "2:4", "--seeds", "0", "--out", str(out), "--no-progress"],
+                      loader=tiny_study) == 0
+    records = study.newest_records(study.read_records(out), "quick")
+    runs = [r for r in records if r["method"] != "dense"]
+    assert sorted((r["method"], r["block_size"], r["nsamples"]) for r in runs) == sorted(
+        [("thanos", b, n) for b in (fixed, library) for n in TINY.calibration_counts]
+        + [("sparsegpt", study.study_block_size("sparsegpt", "2:4"), n) for n in TINY.calibration_counts])
+    assert {(k[0], k[3]) for k in study.group(records, "calibration", TINY)} == {
+        ("thanos", fixed), ("thanos", library), ("sparsegpt", study.study_block_size("sparsegpt", "2:4"))}
+    table = study.report_generic(records, ["wiki"], "calibration", ["method", "pattern", "B", "calibration windows"], TINY)
+    assert sum(line.startswith("| thanos | 2:4 | whole |") for line in table) == len(TINY.calibration_counts)
+    assert sum(line.startswith(f"| thanos | 2:4 | {fixed} |") for line in table) == len(TINY.calibration_counts)
+    pairs = study.defaults_pairs(records, TINY)
+    assert [(p[0], p[1]) for p in pairs] == [("2:4", n) for n in sorted(TINY.calibration_counts)]
+    assert all({r["block_size"] for r in p[2]} == {library} for p in pairs)
+
+
 def test_runtime_breakdown_adds_up(tmp_path, tiny_study):
     out = tmp_path / "runs.jsonl"
     assert study.main(["runtime", "--in-process", "--patterns", "unstructured", "--seeds", "0", "--out", str(out),
