@@ -620,13 +620,16 @@ def defaults_pairs(records, size) -> list:
     return out
 
 
-def report_defaults(records, texts, size) -> list:
-    """One line per pattern and calibration size: Thanos at its default B against SparseGPT at its
-    default, text by text: mean perplexities over the shared seeds, the per-seed paired difference,
-    the seed noise, the verdict and the paired t-test's p-value."""
+def report_defaults(records, texts, size, windows: Optional[int] = None) -> list:
+    """One line per pattern and calibration size (only ``windows`` calibration windows, if given):
+    Thanos at its default B against SparseGPT at its default, text by text: mean perplexities over
+    the shared seeds, the per-seed paired difference, the seed noise, the verdict and the paired
+    t-test's p-value."""
     lines = ["| pattern | B | calibration windows | seeds | " + " | ".join(texts) + " |",
              "|---|---:|---:|---:|" + "---|" * len(texts)]
     for pattern, n, thanos_runs, sparsegpt_runs in defaults_pairs(records, size):
+        if windows is not None and n != windows:
+            continue
         cells = []
         for t in texts:
             a, b = _paired(thanos_runs, sparsegpt_runs, t)
