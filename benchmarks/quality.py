@@ -123,7 +123,8 @@ def seed_noise(settings: dict, records_path: Path) -> list:
         return [f"Seed noise: not measured yet (no runs of both methods' defaults at this size in `{where}`)."]
     return [f"Seed noise: the targets above are judged on one calibration seed. The same comparisons at this size "
             f"over several seeds (the defaults table of `python -m benchmarks study report --quick`, from `{where}`: "
-            f"Thanos and SparseGPT at their default B; calibration windows drawn from the first 90 % of the C4 sample, "
+            f"Thanos and SparseGPT at their default B; calibration windows drawn from the first "
+            f"{100 * study.CALIBRATION_SHARE:.0f} % of the C4 sample, "
             f"so seed 0 there is not this table's run; perplexity on the same Wikipedia windows; paired by seed; "
             f"noise = the larger standard deviation over seeds; **yes**: Thanos lower by more than the noise):", "",
             *table]
