@@ -562,6 +562,15 @@ def _label_b(b: int) -> str:
     return "whole" if b == WHOLE else str(b)
 
 
+def _thanos_default_b_label(pattern: str) -> str:
+    """Thanos' default B at ``pattern`` as the tables label it, or "-" where B plays no role
+    (structured: the columns are chosen once, with no blocks; ``thanos.model.layer_block_size``)."""
+    from thanos.model import layer_block_size
+
+    b = library_block_size("thanos", pattern)
+    return "-" if layer_block_size("thanos", pattern, b, MODEL_MAX_INPUT_WIDTH) is None else _label_b(b)
+
+
 def _requested(pattern, sparsity) -> float:
     """The sparsity a run asked for: N/M for N:M, else its ``sparsity`` (alpha > 0 at N:M keeps rows
     dense, so less is achieved; at structured the other rows are pruned more, so as much is)."""
@@ -646,7 +655,7 @@ def report_defaults(records, texts, size, windows: Optional[int] = None) -> list
             continue
         seeds = max(len(_paired(thanos_runs, sparsegpt_runs, t)[0]) for t in texts)
         lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | "
-                     f"{_label_b(library_block_size('thanos', pattern))} | {n} | {seeds} | " + " | ".join(cells) + " |")
+                     f"{_thanos_default_b_label(pattern)} | {n} | {seeds} | " + " | ".join(cells) + " |")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -958,13 +967,13 @@ def report(args) -> int:
              f"Tables written by `python -m benchmarks study report --size {args.size}`.", ""]
     some = next(r for r in records if r.get("method") != "dense")
     lines += [f"Sizes: calibration {some['nsamples']} (unless the table says) windows of {some['seqlen']} tokens from the "
-              f"first 90 % of the C4 sample; perplexity over " + ", ".join(f"{n} windows of {some['eval_seqlen']} tokens of {t}"
+              f"first {100 * CALIBRATION_SHARE:.0f} % of the C4 sample; perplexity over " + ", ".join(f"{n} windows of {some['eval_seqlen']} tokens of {t}"
               for t, n in some['eval_windows'].items()) + "; seeds = calibration seeds. Prune times: one thread, "
               f"on a machine shared with other jobs (compare them within a table only).", ""]
     if dense:
         lines += ["Dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense[0]["perplexity"].items()), ""]
-    thanos_b = ", ".join(f"{_label_b(library_block_size('thanos', p))} at {_pattern_label(p, PATTERN_SPARSITY[p])}"
-                         for p in PATTERN_SPARSITY if p != "structured")
+    thanos_b = ", ".join(f"{_thanos_default_b_label(p)} at {_pattern_label(p, PATTERN_SPARSITY[p])}"
+                         for p in PATTERN_SPARSITY if _thanos_default_b_label(p) != "-") + ", none at structured"
     sections = [(f"The defaults against SparseGPT (Thanos at the B block_size=None gives on this model, "
                  f"thanos.default_block_size: {thanos_b}; SparseGPT at B = 128; "
                  "cells: Thanos vs SparseGPT mean perplexity, the per-seed paired difference mean ± std, the seed "
