@@ -562,13 +562,17 @@ def _label_b(b: int) -> str:
     return "whole" if b == WHOLE else str(b)
 
 
-def _thanos_default_b_label(pattern: str) -> str:
-    """Thanos' default B at ``pattern`` as the tables label it, or "-" where B plays no role
-    (structured: the columns are chosen once, with no blocks; ``thanos.model.layer_block_size``)."""
+def _b_cell(method: str, pattern: str, b: int) -> str:
+    """A run's B as the tables label it, or "-" where B plays no role (structured Thanos chooses its
+    columns once, with no blocks; ``thanos.model.layer_block_size``), whatever B the record keys."""
     from thanos.model import layer_block_size
 
-    b = library_block_size("thanos", pattern)
-    return "-" if layer_block_size("thanos", pattern, b, MODEL_MAX_INPUT_WIDTH) is None else _label_b(b)
+    return "-" if layer_block_size(method, pattern, b, MODEL_MAX_INPUT_WIDTH) is None else _label_b(b)
+
+
+def _thanos_default_b_label(pattern: str) -> str:
+    """Thanos' default B at ``pattern`` as the tables label it (``_b_cell``)."""
+    return _b_cell("thanos", pattern, library_block_size("thanos", pattern))
 
 
 def _requested(pattern, sparsity) -> float:
@@ -720,7 +724,7 @@ def report_generic(records, texts, study, columns, size) -> list:
         cells = []
         for c in columns:
             v = k[KEY_FIELDS.index(c)]
-            cells.append(_pattern_label(k[1], k[2]) if c == "pattern" else (_label_b(v) if c == "B" else str(v)))
+            cells.append(_pattern_label(k[1], k[2]) if c == "pattern" else (_b_cell(k[0], k[1], v) if c == "B" else str(v)))
         ppl = [fmt(*mean_std([r["perplexity"][t] for r in runs if t in r["perplexity"]])) for t in texts]
         lines.append("| " + " | ".join(cells) + f" | {len(runs)} | {_requested(k[1], k[2]):.4f} | "
                      f"{statistics.fmean(r['achieved_sparsity'] for r in runs):.4f} | "
