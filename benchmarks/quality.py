@@ -36,6 +36,8 @@ SECTION = "## Quality on SmolLM2-135M"
 STUDY_QUICK = HERE / "results" / "study-quick.jsonl"  # where `python -m benchmarks study --quick` records its runs
 NOISE_TEXT = "wiki"  # the study's name for the text this benchmark evaluates on (thanos.data.eval_tokens)
 RUN_OPTIONS = ("nsamples", "seqlen", "eval_seqlen", "max_windows", "block_size", "seed", "device", "only")
+SAVED_FIELDS = ("command", "date", "machine", "threads", "settings", "eval_windows", "dense_perplexity", "runs",
+                "targets", "wall_seconds", "max_rss_mib", "commit")  # what the section is written from
 
 RUNS = verify.RUNS  # the same 17 runs as `thanos verify`, in table order
 PATTERN_LABEL = {"unstructured": "50% unstructured", "4:8": "4:8", "2:4": "2:4", "structured": "structured 30%"}
@@ -65,6 +67,13 @@ def parse_args(argv):
             p.error(f"--report prunes nothing and takes only --out and --no-readme, not {' '.join(given)}")
         if not Path(args.out).is_file():
             p.error(f"--out: {args.out} does not exist (run the benchmark without --report first)")
+        try:
+            saved = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            p.error(f"--out: {args.out} is not readable JSON ({e})")
+        missing = [k for k in SAVED_FIELDS if not isinstance(saved, dict) or k not in saved]
+        if missing:
+            p.error(f"--out: {args.out} is not this benchmark's JSON (no {', '.join(missing)})")
     for name in ("nsamples", "seqlen", "eval_seqlen", "max_windows", "block_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -106,8 +115,8 @@ def seed_noise(settings: dict, records_path: Path) -> list:
     ``study --quick`` runs prune at this benchmark's default size (calibration windows and tokens,
     evaluation windows and tokens, each method's default B) at several seeds, and the study's
     defaults table judges each difference against that noise. Their calibration windows come from
-    the first 90 % of the C4 sample (the rest is a held-out text), so their seed 0 is not this
-    table's run. At other settings the noise was not measured, and the lines say so."""
+    the first ``study.CALIBRATION_SHARE`` of the C4 sample (the rest is a held-out text), so their
+    seed 0 is not this table's run. At other settings the noise was not measured, and the lines say so."""
     from benchmarks import study
 
     size = study.SIZES["quick"]

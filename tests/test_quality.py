@@ -126,11 +126,14 @@ def test_report_rewrites_only_its_readme_section_from_the_json(tmp_path, monkeyp
 
 @pytest.mark.parametrize("argv, names", [(["--report", "--seed", "3"], "--seed"),
                                          (["--report", "--nsamples", "64", "--only", "thanos"], "--nsamples --only"),
-                                         (["--report", "--out", "MISSING"], "--out")])
-def test_report_refuses_run_options_and_a_missing_json_before_any_work(tmp_path, monkeypatch, capsys, argv, names):
+                                         (["--report", "--out", "MISSING"], "--out"),
+                                         (["--report"], "--out: "), (["--report", "--out", "NOT_JSON"], "not readable JSON")])
+def test_report_refuses_run_options_and_a_missing_or_foreign_json_before_any_work(tmp_path, monkeypatch, capsys, argv,
+                                                                                   names):
     out = tmp_path / "quality.json"
-    out.write_text("{}", encoding="utf-8")
-    argv = [str(tmp_path / "missing.json") if a == "MISSING" else a for a in argv]
+    out.write_text("{}", encoding="utf-8")  # JSON, but not this benchmark's: no settings, runs, ...
+    (tmp_path / "not.json").write_text("{", encoding="utf-8")
+    argv = [{"MISSING": str(tmp_path / "missing.json"), "NOT_JSON": str(tmp_path / "not.json")}.get(a, a) for a in argv]
     if "--out" not in argv:
         argv += ["--out", str(out)]
     readme = tmp_path / "README.md"
