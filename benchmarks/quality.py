@@ -38,6 +38,7 @@ NOISE_TEXT = "wiki"  # the study's name for the text this benchmark evaluates on
 RUN_OPTIONS = ("nsamples", "seqlen", "eval_seqlen", "max_windows", "block_size", "seed", "device", "only")
 SAVED_FIELDS = ("command", "date", "machine", "threads", "settings", "eval_windows", "dense_perplexity", "runs",
                 "targets", "wall_seconds", "max_rss_mib", "commit")  # what the section is written from
+RUN_FIELDS = ("method", "pattern", "alpha", "perplexity", "achieved_sparsity", "seconds")  # of each run, likewise
 
 RUNS = verify.RUNS  # the same 17 runs as `thanos verify`, in table order
 PATTERN_LABEL = {"unstructured": "50% unstructured", "4:8": "4:8", "2:4": "2:4", "structured": "structured 30%"}
@@ -72,6 +73,11 @@ def parse_args(argv):
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             p.error(f"--out: {args.out} is not readable JSON ({e})")
         missing = [k for k in SAVED_FIELDS if not isinstance(saved, dict) or k not in saved]
+        if not missing:
+            settings, runs = saved["settings"], saved["runs"]
+            missing = [f"settings.{k}" for k in RUN_OPTIONS if not isinstance(settings, dict) or k not in settings]
+            missing += [f"runs[{i}].{k}" for i, r in enumerate(runs if isinstance(runs, list) else [None])
+                        for k in RUN_FIELDS if not isinstance(r, dict) or k not in r]
         if missing:
             p.error(f"--out: {args.out} is not this benchmark's JSON (no {', '.join(missing)})")
     for name in ("nsamples", "seqlen", "eval_seqlen", "max_windows", "block_size"):

@@ -610,7 +610,7 @@ def report_blocksize(records, texts, size) -> list:
             verdicts = ["-" if k[0] == "sparsegpt" else
                         beats(*_paired(runs, base, t)) for t in texts]
             seconds = statistics.fmean(r["seconds"] for r in runs)
-            lines.append(f"| {k[0]} | {_label_b(k[3])} | {len(runs)} | " + " | ".join(cells) + " | "
+            lines.append(f"| {k[0]} | {_b_cell(k[0], k[1], k[3])} | {len(runs)} | " + " | ".join(cells) + " | "
                          + " | ".join(verdicts) + f" | {seconds:.0f} |")
         lines.append("")
         lines += _against_best_b({k[3]: v for k, v in groups.items() if k[0] == "thanos" and k[1] == pattern}, texts)
@@ -977,7 +977,8 @@ def report(args) -> int:
     if dense:
         lines += ["Dense: " + ", ".join(f"{t} {v:.2f}" for t, v in dense[0]["perplexity"].items()), ""]
     thanos_b = ", ".join(f"{_thanos_default_b_label(p)} at {_pattern_label(p, PATTERN_SPARSITY[p])}"
-                         for p in PATTERN_SPARSITY if _thanos_default_b_label(p) != "-") + ", none at structured"
+                         if _thanos_default_b_label(p) != "-" else f"none at {_pattern_label(p, PATTERN_SPARSITY[p])}"
+                         for p in PATTERN_SPARSITY)
     sections = [(f"The defaults against SparseGPT (Thanos at the B block_size=None gives on this model, "
                  f"thanos.default_block_size: {thanos_b}; SparseGPT at B = 128; "
                  "cells: Thanos vs SparseGPT mean perplexity, the per-seed paired difference mean ± std, the seed "

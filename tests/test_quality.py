@@ -69,8 +69,9 @@ def test_seed_noise_is_the_quick_studys_comparison_of_the_defaults_at_this_size(
     assert len(rows) == 1 and len(lines) == 5  # the sentence, a blank line, the header, the rule, the one row
     cells = rows[0].split(" | ")
     assert cells[2:4] == [str(QUICK.nsamples), "3"]
-    # the numbers, worked out here from the lists above: means 70 vs 75.33, paired differences -5, -6, -5
-    assert cells[4].startswith(f"{statistics.fmean(thanos_wiki):.2f} vs {statistics.fmean(sparsegpt_wiki):.2f}: -5.33 ± 0.58")
+    paired = [t - s for t, s in zip(thanos_wiki, sparsegpt_wiki)]  # the same seeds on both sides
+    assert cells[4].startswith(f"{statistics.fmean(thanos_wiki):.2f} vs {statistics.fmean(sparsegpt_wiki):.2f}: "
+                               f"{statistics.fmean(paired):+.2f} ± {statistics.stdev(paired):.2f}")
     noise = max(statistics.stdev(thanos_wiki), statistics.stdev(sparsegpt_wiki))
     assert f"noise {noise:.2f}" in cells[4] and cells[4].endswith("**yes** |")
 
@@ -127,13 +128,23 @@ def test_report_rewrites_only_its_readme_section_from_the_json(tmp_path, monkeyp
 @pytest.mark.parametrize("argv, names", [(["--report", "--seed", "3"], "--seed"),
                                          (["--report", "--nsamples", "64", "--only", "thanos"], "--nsamples --only"),
                                          (["--report", "--out", "MISSING"], "--out"),
-                                         (["--report"], "--out: "), (["--report", "--out", "NOT_JSON"], "not readable JSON")])
+                                         (["--report"], "--out: "), (["--report", "--out", "NOT_JSON"], "not readable JSON"),
+                                         (["--report", "--out", "NO_SEED"], "settings.seed"),
+                                         (["--report", "--out", "RUN_LACKS"], "runs[1].perplexity")])
 def test_report_refuses_run_options_and_a_missing_or_foreign_json_before_any_work(tmp_path, monkeypatch, capsys, argv,
                                                                                    names):
     out = tmp_path / "quality.json"
     out.write_text("{}", encoding="utf-8")  # JSON, but not this benchmark's: no settings, runs, ...
     (tmp_path / "not.json").write_text("{", encoding="utf-8")
-    argv = [{"MISSING": str(tmp_path / "missing.json"), "NOT_JSON": str(tmp_path / "not.json")}.get(a, a) for a in argv]
+    payload = _payload()
+    del payload["settings"]["seed"]
+    (tmp_path / "no_seed.json").write_text(json.dumps(payload), encoding="utf-8")
+    payload = _payload()
+    del payload["runs"][1]["perplexity"]
+    (tmp_path / "run_lacks.json").write_text(json.dumps(payload), encoding="utf-8")
+    argv = [{"MISSING": str(tmp_path / "missing.json"), "NOT_JSON": str(tmp_path / "not.json"),
+             "NO_SEED": str(tmp_path / "no_seed.json"), "RUN_LACKS": str(tmp_path / "run_lacks.json")}.get(a, a)
+            for a in argv]
     if "--out" not in argv:
         argv += ["--out", str(out)]
     readme = tmp_path / "README.md"

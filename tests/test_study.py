@@ -319,6 +319,8 @@ def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp
     table = study.report_generic(records, ["wiki"], "calibration", ["method", "pattern", "B", "calibration windows"], TINY)
     assert {line.split(" | ")[2] for line in table if line.startswith("| thanos")} == {"-"}
     assert {line.split(" | ")[2] for line in table if line.startswith("| sparsegpt")} == {"128"}  # SparseGPT has blocks
+    table = study.report_blocksize(records, ["wiki"], TINY)
+    assert {line.split(" | ")[1] for line in table if line.startswith("| thanos")} == {"-"}
     assert all(" p " in row or "p < 0.001" in row or "p n/a" in row for row in rows)
     # one seed: the difference in %, and no verdict (no noise to judge it by)
     one = study.report_defaults([r for r in records if r.get("seed", 0) == 0], ["wiki"], TINY)
