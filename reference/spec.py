@@ -84,7 +84,7 @@ def parse_pattern(pattern: Any) -> tuple[str, int, int]:
 # What ``block_size=None`` (the default) means, per method, pattern and layer width. SparseGPT keeps
 # its paper's B = 128. Thanos' B is chosen from the block-size study on SmolLM2-135M (benchmarks/
 # README.md, "The default block size"): the perplexity above the per-text best B, averaged over
-# five evaluation texts, five calibration seeds at --full size (B = 32 and 64 at 4:8 at four):
+# five evaluation texts, five calibration seeds of every B at --full size:
 # - 2:4: the whole layer (B = b, one block) on a layer of at most WHOLE_LAYER_MAX_COLUMNS input
 #   columns: 0.6 % above the per-text best (0.0-0.1 % on four texts, 2.8 % on multilingual, where
 #   B = 64 is the best); B = 512 1.9 %, 1024 2.6 %, 128 5.9 %, 32 6.1 %, 64 6.2 %. Each row's system grows with the block (the solve costs c b B^2), so
@@ -95,8 +95,8 @@ def parse_pattern(pattern: Any) -> tuple[str, int, int]:
 #   (0.8 %) are not (multilingual); the whole layer costs 7-12 times the solver time and is worse
 #   on code at every seed; B = 32 and 128 are level on one processor (0.5 and 0.6 %); and only 128
 #   was measured at other sparsities, which the same default covers.
-# - 4:8: B = 256 (1.2 %; the whole layer and 512 1.7 %, 1024 2.2 %; 32 and 64 3.3 and 2.6 % at
-#   seeds 0-3): no B is within 1 %.
+# - 4:8: B = 256 (1.2 %; the whole layer and 512 1.7 %, 1024 2.2 %; 32 3.3 %, 64 2.5 %): no B
+#   is within 1 %.
 # An N:M pattern the study did not measure takes the N:M entry, 512, and no whole layer.
 # Structured Thanos removes whole columns at once and ignores B.
 DEFAULT_BLOCK_SIZE = {"sparsegpt": 128, "thanos": {"unstructured": 128, "N:M": 512, "structured": 128}}
