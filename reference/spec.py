@@ -87,9 +87,10 @@ def parse_pattern(pattern: Any) -> tuple[str, int, int]:
 # five evaluation texts, five calibration seeds of every B at --full size:
 # - 2:4: the whole layer (B = b, one block) on a layer of at most WHOLE_LAYER_MAX_COLUMNS input
 #   columns: 0.6 % above the per-text best (0.0-0.1 % on four texts, 2.8 % on multilingual, where
-#   B = 64 is the best); B = 512 1.9 %, 1024 2.6 %, 128 5.9 %, 32 6.1 %, 64 6.2 %. Each row's system grows with the block (the solve costs c b B^2), so
-#   the whole layer's cost is cubic in b: wider layers, where it is neither measured nor cheap,
-#   take the fixed B = 512, as the paper's code uses.
+#   B = 64 is the best); B = 512 1.9 %, 1024 2.6 %, 128 5.9 %, 32 6.1 %, 64 6.2 %. Each row's
+#   system grows with the block (the solve costs c b B^2), so the whole layer's cost is cubic in
+#   b: wider layers, where it is neither measured nor cheap, take the fixed B = 512, as the
+#   paper's code uses.
 # - unstructured: B = 128 (1.0 %; 64 and 1024 1.1 %, 256 1.2 %, 512 1.4 %), the only B ahead of
 #   SparseGPT by more than the seed noise on every text. The whole layer (0.7 %) and B = 32
 #   (0.8 %) are not (multilingual); the whole layer costs 7-12 times the solver time and is worse
