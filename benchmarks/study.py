@@ -503,13 +503,21 @@ def fmt(mean: float, std: float) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
+# The fewest paired seeds that earn a verdict. The noise is a standard deviation over seeds: with two
+# it rests on one degree of freedom (its 90 % interval spans a factor of about 30), and the paired
+# t-test beside it has one too, so two seeds report their numbers but give no verdict.
+MIN_VERDICT_SEEDS = 3
+TOO_FEW_SEEDS = f"too few seeds (a verdict needs {MIN_VERDICT_SEEDS})"
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Runs ``a`` (Thanos) against runs ``b`` (SparseGPT), paired by seed (the same calibration
     windows). ``difference`` = mean(a) - mean(b) (negative: ``a`` has the lower perplexity);
     ``noise`` = the larger of the two standard deviations over seeds; ``paired_mean`` /
     ``paired_std``: of the per-seed differences a - b; ``verdict``: "yes" when ``a`` is lower by
-    more than the noise, "worse" when higher by more, else "within noise". ``paired_p``: the
+    more than the noise, "worse" when higher by more, else "within noise", and "too few seeds"
+    below ``MIN_VERDICT_SEEDS`` paired seeds, whatever the gap. ``paired_p``: the
     two-sided p-value of a paired t-test of the per-seed differences (nan when they are all
     equal): reported beside the verdict, not folded into it. The two answer different questions
     (is the gap larger than one seed's scatter; is it consistent across paired seeds) and can
@@ -529,18 +537,27 @@ def compare(a: list, b: list) -> Optional[Comparison]:
         return None
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
     difference, noise = ma - mb, max(sa, sb)
-    verdict = "yes" if -difference > noise else ("worse" if difference > noise else "within noise")
+    if len(a) < MIN_VERDICT_SEEDS:
+        verdict = TOO_FEW_SEEDS
+    else:
+        verdict = "yes" if -difference > noise else ("worse" if difference > noise else "within noise")
     pm, ps = mean_std([x - y for x, y in zip(a, b)])
     return Comparison(difference, noise, pm, ps, verdict, paired_t_test(a, b))
 
 
 def paired_t_test(a: list, b: list) -> float:
     """Two-sided p-value of the paired t-test of ``a - b`` against 0 (nan when every difference is
-    the same, where the test has no spread to judge by)."""
+    the same, where the test has no spread to judge by). "The same" is up to rounding: 10.1 - 20.1
+    and 10.0 - 20.0 differ in the last bit, a spread that is rounding error, not data. SciPy warns of
+    catastrophic cancellation where the differences lie within 10 eps of their mean; the cut here
+    is twice that, so that the two means' own rounding cannot let a warning through."""
     from scipy import stats
 
     d = [x - y for x, y in zip(a, b)]
-    if len(d) < 2 or max(d) == min(d):
+    if len(d) < 2:
+        return math.nan
+    centre = statistics.fmean(d)
+    if max(abs(x - centre) for x in d) <= 20 * sys.float_info.epsilon * abs(centre):
         return math.nan
     return float(stats.ttest_1samp(d, 0.0).pvalue)
 
@@ -597,7 +614,8 @@ def report_blocksize(records, texts, size) -> list:
     for pattern, sparsity in patterns:
         lines += [f"**{_pattern_label(pattern, sparsity)}** (perplexity, mean ± std over seeds; 'beats "
                   f"SparseGPT': whether Thanos is lower by more than the larger std, then Thanos - SparseGPT: the "
-                  f"difference of the means, the noise, the per-seed paired difference)", "",
+                  f"difference of the means, the noise, the per-seed paired difference; a verdict from "
+                  f"{MIN_VERDICT_SEEDS} seeds on)", "",
                   "| method | B | seeds | " + " | ".join(texts) + " | " +
                   " | ".join(f"beats SparseGPT on {t}" for t in texts) + " | prune time (s) |",
                   "|---|---|---:|" + "---:|" * len(texts) + "---|" * len(texts) + "---:|"]
@@ -983,7 +1001,8 @@ def report(args) -> int:
                  f"thanos.default_block_size: {thanos_b}; SparseGPT at B = 128; "
                  "cells: Thanos vs SparseGPT mean perplexity, the per-seed paired difference mean ± std, the seed "
                  "noise = the larger std over seeds, the two-sided p-value of a paired t-test of the per-seed "
-                 "differences, and whether Thanos is ahead by more than the noise: the verdict)",
+                 "differences, and whether Thanos is ahead by more than the noise: the verdict, given from "
+                 f"{MIN_VERDICT_SEEDS} seeds on)",
                  report_defaults(records, texts, size)),
                 ("Block size", report_blocksize(records, texts, size)),
                 ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"], size)),

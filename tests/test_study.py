@@ -409,9 +409,26 @@ def test_beats_needs_the_difference_above_the_noise():
     assert study.beats([10.0, 11.0, 9.0], [10.5, 11.5, 9.5]).startswith("within noise")
     assert study.beats([12.0, 12.1, 11.9], [10.0, 10.1, 9.9]).startswith("worse")
     assert study.beats([10.0], [12.0]).startswith("n/a")
+    # two seeds: the numbers, but no verdict, however large the gap (MIN_VERDICT_SEEDS)
+    two = study.compare([10.0, 10.1], [20.0, 20.1])
+    assert two.verdict == study.TOO_FEW_SEEDS and two.difference == pytest.approx(-10.0)
+    assert study.beats([10.0, 10.1], [20.0, 20.1]).startswith(study.TOO_FEW_SEEDS)
+    assert study.compare([10.0, 10.1, 9.9], [20.0, 20.1, 19.9]).verdict == "yes"
     c = study.compare([10.0, 10.1, 9.9], [12.0, 12.2, 11.8])  # Thanos - SparseGPT: negative when Thanos is lower
     assert c.difference == pytest.approx(-2.0) and c.paired_mean == pytest.approx(-2.0) and c.noise == pytest.approx(0.2)
     assert json.loads(study.Config("blocksize", "thanos", "2:4", None).key(0, "quick"))[-1] == 0
+
+
+def test_two_seeds_pin_the_noise_down_too_loosely_for_a_verdict():
+    """MIN_VERDICT_SEEDS' reason: the noise is a std over n seeds, and s^2 / sigma^2 follows
+    chi^2(n - 1) / (n - 1), so the 90 % interval of sigma given s spans a factor of
+    sqrt(chi2.ppf(0.95, n - 1) / chi2.ppf(0.05, n - 1)): about 31 at two seeds, under 8 at three."""
+    from scipy import stats
+
+    def span(n):
+        return math.sqrt(stats.chi2.ppf(0.95, n - 1) / stats.chi2.ppf(0.05, n - 1))
+
+    assert span(study.MIN_VERDICT_SEEDS - 1) > 30 and span(study.MIN_VERDICT_SEEDS) < 8
 
 
 def test_paired_t_test_matches_the_closed_form_at_two_degrees_of_freedom():
@@ -422,6 +439,9 @@ def test_paired_t_test_matches_the_closed_form_at_two_degrees_of_freedom():
     assert p == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-9)
     assert study.compare([10.0, 10.0, 10.0], [11.0, 12.0, 13.0]).paired_p == p
     assert math.isnan(study.paired_t_test([1.0, 2.0], [2.0, 3.0]))  # no spread in the differences
+    d = [10.0 - 20.0, 10.1 - 20.1]
+    assert d[0] != d[1]  # a spread in the last bit only: rounding, no spread either (and no SciPy warning)
+    assert math.isnan(study.paired_t_test([10.0, 10.1], [20.0, 20.1]))
 
 
 def test_paired_runs_line_up_by_seed_when_a_text_is_missing_on_one_side():
