@@ -141,7 +141,8 @@ def seed_noise(settings: dict, records_path: Path) -> list:
             f"Thanos and SparseGPT at their default B; calibration windows drawn from the first "
             f"{100 * study.CALIBRATION_SHARE:.0f} % of the C4 sample, "
             f"so seed 0 there is not this table's run; perplexity on the same Wikipedia windows; paired by seed; "
-            f"noise = the larger standard deviation over seeds; **yes**: Thanos lower by more than the noise):", "",
+            f"noise = the larger standard deviation over seeds; **yes**: Thanos lower by more than the noise, a verdict "
+            f"given from {study.MIN_VERDICT_SEEDS} paired seeds on, `MIN_VERDICT_SEEDS` in `benchmarks/study.py`):", "",
             *table]
 
 
