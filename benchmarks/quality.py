@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks import cpu_name
+from reference import spec
 from reference.spec import DEFAULT_BLOCK_SIZE  # its keys: the methods that work in column blocks
 from thanos import verify
 
@@ -93,8 +94,11 @@ def parse_args(argv):
 
 
 def targets(runs: list) -> list:
-    """The quality targets of the issue, judged on these numbers: (name, met, evidence)."""
-    def ppl(method, pattern, alpha=0.0):
+    """The quality targets of the issue, judged on these numbers: (name, met, evidence). Each
+    method at its default alpha (``spec.default_alpha``: Thanos structured keeps 0.1 of its rows
+    dense)."""
+    def ppl(method, pattern):
+        alpha = spec.default_alpha(method, pattern)
         for r in runs:
             if (r["method"], r["pattern"], r["alpha"]) == (method, pattern, alpha):
                 return r["perplexity"]
@@ -138,7 +142,7 @@ def seed_noise(settings: dict, records_path: Path) -> list:
         return [f"Seed noise: not measured yet (no runs of both methods' defaults at this size in `{where}`)."]
     return [f"Seed noise: the targets above are judged on one calibration seed. The same comparisons at this size "
             f"over several seeds (the defaults table of `python -m benchmarks study report --quick`, from `{where}`: "
-            f"Thanos and SparseGPT at their default B; calibration windows drawn from the first "
+            f"Thanos and SparseGPT at their default B and alpha; calibration windows drawn from the first "
             f"{100 * study.CALIBRATION_SHARE:.0f} % of the C4 sample, "
             f"so seed 0 there is not this table's run; perplexity on the same Wikipedia windows; paired by seed; "
             f"noise = the larger standard deviation over seeds; **yes**: Thanos lower by more than the noise, a verdict "
@@ -243,7 +247,6 @@ def main(argv=None) -> int:
         max_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         versions={"torch": torch.__version__, "python": platform.python_version()}, commit=commit,
     )
-    payload["targets"] = [list(t) for t in targets(runs)]
     return write(payload, Path(args.out), readme=not args.no_readme)
 
 
@@ -253,8 +256,10 @@ def report(out: Path, *, readme: bool = True) -> int:
 
 
 def write(payload: dict, out: Path, *, readme: bool) -> int:
-    """Add the seed noise to ``payload``, write it to ``out`` as JSON, print the section, and
-    rewrite it in the README unless ``readme`` is false."""
+    """Add the targets (judged again from the runs, so that ``--report`` follows the defaults) and
+    the seed noise to ``payload``, write it to ``out`` as JSON, print the section, and rewrite it
+    in the README unless ``readme`` is false."""
+    payload["targets"] = [list(t) for t in targets(payload["runs"])]
     payload["seed_noise"] = seed_noise(payload["settings"], STUDY_QUICK)  # the module global, at call time
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")

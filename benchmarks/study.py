@@ -84,11 +84,13 @@ def library_block_size(method: str, pattern: str) -> int:
     return WHOLE if method == "thanos" and b == MODEL_MAX_INPUT_WIDTH else b
 
 
-def calibration_block_sizes(method: str, pattern: str) -> tuple:
-    """The Bs one method runs at in the calibration study (its grid and its table): the studies'
-    fixed B, and the library's default where that differs (Thanos at 2:4: the whole layer), so that
-    the defaults table has a line for every calibration size at the B a user gets."""
-    return tuple(dict.fromkeys((study_block_size(method, pattern), library_block_size(method, pattern))))
+def calibration_settings(method: str, pattern: str) -> tuple:
+    """The (B, alpha) one method runs at in the calibration study (its grid and its table): the
+    studies' fixed B at alpha 0, and the library's defaults where they differ (Thanos at 2:4: the
+    whole layer; at structured: alpha = ``spec.default_alpha``, 0.1), so that the defaults table has
+    a line for every calibration size at the settings a user gets."""
+    return tuple(dict.fromkeys(((study_block_size(method, pattern), 0.0),
+                                (library_block_size(method, pattern), spec.default_alpha(method, pattern)))))
 
 
 def owl_scores(method: str, sparsity: float) -> tuple:
@@ -196,8 +198,8 @@ def configs(study: str, size: Size, patterns: list) -> list:
         for pattern in patterns:
             sp = PATTERN_SPARSITY[pattern]
             for n in size.calibration_counts:
-                out += [Config(study, m, pattern, sp, b, nsamples=n) for m in ("thanos", "sparsegpt")
-                        for b in calibration_block_sizes(m, pattern)]
+                out += [Config(study, m, pattern, sp, b, alpha=a, nsamples=n) for m in ("thanos", "sparsegpt")
+                        for b, a in calibration_settings(m, pattern)]
     elif study == "owl":
         for sp in OWL_SCORES:
             for method in ("thanos", "sparsegpt", "wanda"):
@@ -432,10 +434,11 @@ def mean_std(values: list) -> tuple:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
-def _baseline(r: dict) -> bool:
+def _baseline(r: dict, alpha: float = 0.0) -> bool:
     """Whether ``r`` is a Thanos or SparseGPT run with nothing but B and the calibration size
-    varied: psi, uniform, alpha 0, the pattern's standard sparsity, not a runtime run."""
-    return (r.get("method") in ("thanos", "sparsegpt") and r["study"] != "runtime" and r["alpha"] == 0
+    varied: psi, uniform, ``alpha`` (the studies' 0 unless given), the pattern's standard sparsity,
+    not a runtime run."""
+    return (r.get("method") in ("thanos", "sparsegpt") and r["study"] != "runtime" and r["alpha"] == alpha
             and r["metric"] == "psi" and r["layer_sparsity"] == "uniform"
             and r["sparsity"] == PATTERN_SPARSITY.get(r["pattern"], -1))
 
@@ -465,7 +468,8 @@ def in_study(r: dict, study: str, size: Size) -> bool:
             return r["alpha"] == 0 and r["sparsity"] < PATTERN_SPARSITY["unstructured"]
         return standard and (r["method"] == "thanos" or r["alpha"] == 0)
     if study == "calibration":
-        return _baseline(r) and r["block_size"] in calibration_block_sizes(r["method"], r["pattern"])
+        return (r.get("method") in ("thanos", "sparsegpt") and _baseline(r, r["alpha"])
+                and (r["block_size"], r["alpha"]) in calibration_settings(r["method"], r["pattern"]))
     if study == "owl":
         return (r["pattern"] == "unstructured" and r["metric"] in owl_scores(r["method"], r["sparsity"]) and calibrated
                 and default_b and r["alpha"] == 0)
@@ -637,11 +641,14 @@ def report_blocksize(records, texts, size) -> list:
 
 def defaults_pairs(records, size) -> list:
     """[(pattern, calibration windows, Thanos runs, SparseGPT runs)]: each method at the B
-    ``block_size=None`` gives (``library_block_size``; psi, uniform, alpha 0), for every
+    ``block_size=None`` gives (``library_block_size``) and the alpha ``alpha=None`` gives
+    (``spec.default_alpha``: 0.1 for Thanos structured, else 0; psi, uniform), for every
     calibration size both ran at."""
     runs: dict = {}
     for r in records:
-        if _baseline(r) and r["block_size"] == library_block_size(r["method"], r["pattern"]):
+        if (r.get("method") in ("thanos", "sparsegpt")
+                and _baseline(r, spec.default_alpha(r["method"], r["pattern"]))
+                and r["block_size"] == library_block_size(r["method"], r["pattern"])):
             runs.setdefault((r["pattern"], r["nsamples"], r["method"]), []).append(r)
     out = []
     for pattern in PATTERN_SPARSITY:
@@ -898,20 +905,23 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
         for k, v in groups.items():
             if study == "alpha" and k[1] == "unstructured":
                 continue
-            series.setdefault((k[0], k[1], k[2], k[3]), []).append((k[key_index], v))
+            # the calibration study runs Thanos at two B (2:4) or two alpha (structured): one line each
+            alpha = k[4] if study == "calibration" else None
+            series.setdefault((k[0], k[1], k[2], k[3], alpha), []).append((k[key_index], v))
         if not series:
             continue
         fig, axes = plt.subplots(1, len(texts), figsize=(4.2 * len(texts), 3.2), squeeze=False)
         for i, text in enumerate(texts):
             ax = axes[0][i]
-            for (method, pattern, sparsity, b), points in sorted(series.items(), key=lambda kv: _sort_key(kv[0])):
+            for (method, pattern, sparsity, b, alpha), points in sorted(series.items(), key=lambda kv: _sort_key(kv[0])):
                 points.sort()
                 ms = [mean_std(_values(v, text)) for _, v in points]
-                # B in the label only where the study runs a method at more than one B
+                # B (alpha) in the label only where the study runs a method at more than one B (alpha)
                 several = len({k[3] for k in series if k[:3] == (method, pattern, sparsity)}) > 1
+                alphas = len({k[4] for k in series if k[:3] == (method, pattern, sparsity)}) > 1
                 ax.errorbar([x for x, _ in points], [m for m, _ in ms], yerr=[0 if math.isnan(s) else s for _, s in ms],
                             marker="o", capsize=3, label=f"{method} {_pattern_label(pattern, sparsity)}"
-                            + (f" B={_label_b(b)}" if several else ""))
+                            + (f" B={_label_b(b)}" if several else "") + (f" alpha={alpha:g}" if alphas else ""))
             ax.set_xlabel(xlabel)
             ax.set_ylabel("perplexity")
             ax.set_yscale("log")
@@ -997,8 +1007,11 @@ def report(args) -> int:
     thanos_b = ", ".join(f"{_thanos_default_b_label(p)} at {_pattern_label(p, PATTERN_SPARSITY[p])}"
                          if _thanos_default_b_label(p) != "-" else f"none at {_pattern_label(p, PATTERN_SPARSITY[p])}"
                          for p in PATTERN_SPARSITY)
+    thanos_alpha = ", ".join(f"{spec.default_alpha('thanos', p):g} at {_pattern_label(p, PATTERN_SPARSITY[p])}"
+                             for p in PATTERN_SPARSITY)
     sections = [(f"The defaults against SparseGPT (Thanos at the B block_size=None gives on this model, "
-                 f"thanos.default_block_size: {thanos_b}; SparseGPT at B = 128; "
+                 f"thanos.default_block_size: {thanos_b}; and at the alpha alpha=None gives, thanos.default_alpha: "
+                 f"{thanos_alpha}; SparseGPT at B = 128; "
                  "cells: Thanos vs SparseGPT mean perplexity, the per-seed paired difference mean ± std, the seed "
                  "noise = the larger std over seeds, the two-sided p-value of a paired t-test of the per-seed "
                  "differences, and whether Thanos is ahead by more than the noise: the verdict, given from "
@@ -1007,7 +1020,7 @@ def report(args) -> int:
                 ("Block size", report_blocksize(records, texts, size)),
                 ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"], size)),
                 ("Alpha", report_generic(records, texts, "alpha", ["method", "pattern", "alpha"], size)),
-                ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "B", "calibration windows"],
+                ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "B", "alpha", "calibration windows"],
                                                      size)),
                 ("Uniform against outlier-weighted (OWL) block sparsity",
                  report_generic(records, texts, "owl", ["method", "metric", "pattern", "layer sparsity"], size)),

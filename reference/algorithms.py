@@ -174,13 +174,14 @@ def _no_update_mask(W, H, opts: spec.Options, dead):
     return mask
 
 
-def prune(W, H, *, method, pattern, sparsity=None, block_size=None, alpha=0.0, percdamp=0.01, metric="psi") -> spec.PruneResult:
+def prune(W, H, *, method, pattern, sparsity=None, block_size=None, alpha=None, percdamp=0.01, metric="psi") -> spec.PruneResult:
     """Prune one layer. W: (c, b), H: (b, b) or None (magnitude only). NumPy in, NumPy out.
 
     method: 'thanos' | 'sparsegpt' | 'wanda' | 'magnitude'; pattern: 'unstructured' | 'structured'
     | 'N:M'; sparsity in [0, 1) (implied by N:M, pass None); block_size B (None: the default for the
     method and pattern, ``spec.default_block_size``); alpha: fraction of rows
-    left dense (Thanos structured and N:M); percdamp: damping as a fraction of mean(diag H); metric:
+    left dense (Thanos structured and N:M; None: ``spec.default_alpha``, 0.1 for Thanos structured,
+    else 0); percdamp: damping as a fraction of mean(diag H); metric:
     the score Thanos' mask ranks weights by, unstructured and N:M (``spec.METRICS``; 'psi', the
     paper's, by default; the outlier rows of alpha > 0 are always chosen by Eq. 14's psi).
     Dead columns (H_jj = 0) are pruned first in every method that uses H; when they exceed what a

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import thanos
+from reference import spec
 from thanos import cli, data
 from thanos.assets import tiny_model
 from thanos.model import prune_model
@@ -139,6 +140,7 @@ def test_prune_writes_a_loadable_model_and_report(tiny_dir, text_file, tmp_path,
     assert report["peak_memory"]["max_rss_mib"] > 0 and report["wall_seconds"] > 0
     assert len(report["layers"]) == 14 and all(layer["sparsity"] == 0.5 for layer in report["layers"])
     assert report["block_sizes"] == [16] and all(layer["block_size"] == 16 for layer in report["layers"])
+    assert report["alpha"] == 0.0  # no --alpha: the default, 0 at N:M (thanos.default_alpha)
     assert (out / "model.safetensors").is_file()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -203,6 +205,17 @@ def test_verify_argument_errors(no_loading, capsys):
     assert cli.main(["verify", "--only", "obs"]) == 2
     assert "--only" in capsys.readouterr().err
     assert cli.main(["verify", "--nsamples", "0"]) == 2
+
+
+def test_prune_structured_reports_the_default_alpha(tiny_dir, text_file, tmp_path, capsys):
+    """No --alpha at structured: Thanos keeps thanos.default_alpha = 0.1 of each Linear's rows dense
+    (floor(0.1 c)), and the report says 0.1, not a missing value."""
+    out = tmp_path / "pruned"
+    assert cli.main(_prune_args(tiny_dir, text_file, out, "--pattern", "structured", "--sparsity", "0.3")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["alpha"] == 0.1
+    assert all(layer["outlier_rows"] == spec.outlier_row_count(0.1, layer["shape"][0]) for layer in report["layers"])
+    assert any(layer["outlier_rows"] > 0 for layer in report["layers"])
 
 
 @pytest.mark.slow

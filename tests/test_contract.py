@@ -49,9 +49,11 @@ def test_zero_hessian_reports_sparsity_one_with_a_warning(device, method, patter
     sparsity = None if ":" in pattern else 0.5
     message = r"8 dead column\(s\).*requested sparsity 0\.5 \(16 of 32 weights\), achieved 1 \(32\)"
     with pytest.warns(RuntimeWarning, match=message) as prod_record:
-        prod = thanos.prune(W.to(device), torch.zeros(8, 8, device=device), method=method, pattern=pattern, sparsity=sparsity)
+        prod = thanos.prune(W.to(device), torch.zeros(8, 8, device=device), method=method, pattern=pattern, sparsity=sparsity,
+                            alpha=0.0)  # alpha 0: 16 of 32 requested (test_golden_zero_hessian_prunes_everything_and_says_so)
     with pytest.warns(RuntimeWarning, match=message) as ref_record:
-        ref = reference.prune(W.numpy(), np.zeros((8, 8), dtype=np.float32), method=method, pattern=pattern, sparsity=sparsity)
+        ref = reference.prune(W.numpy(), np.zeros((8, 8), dtype=np.float32), method=method, pattern=pattern, sparsity=sparsity,
+                              alpha=0.0)
     assert [str(w.message) for w in prod_record] == [str(w.message) for w in ref_record]
     assert prod.sparsity == ref.sparsity == 1.0
     assert bool(prod.mask.all()) and bool((prod.weight == 0).all()) and prod.loss == 0.0
@@ -375,6 +377,44 @@ def test_default_block_size_is_the_whole_layer_where_measured_else_per_pattern()
                 assert thanos.default_block_size(method, pattern, b) == spec.DEFAULT_BLOCK_SIZE["sparsegpt"]
     assert thanos.default_block_size("thanos", " 4 : 8 ", 64) == thanos.default_block_size("thanos", "4:8", 64)
     assert all(nm[0] < nm[1] and b % nm[1] == 0 for nm, b in spec.DEFAULT_BLOCK_SIZE_NM.items())
+
+
+@pytest.mark.parametrize("method", spec.METHODS)
+@pytest.mark.parametrize("pattern", ["unstructured", "structured", "2:4"])
+def test_alpha_none_means_the_documented_default_in_both(method, pattern):
+    """``alpha=None`` (the default of ``reference.prune``, ``thanos.prune``, ``prune_model`` and the
+    CLI) is ``spec.default_alpha``: 0.1 for Thanos structured, 0 elsewhere; the same result as
+    passing it (the same code runs twice on the same values: the same bits), and the outlier rows
+    the result reports are floor(alpha c). c = 40 rows, so Thanos structured keeps 4 dense, and at
+    p = 0.3 removes ceil(0.3 b / 0.9) = 10 of b = 30 columns from the other 36 rows: an effective
+    sparsity of 36 * 10 / (40 * 30) = 0.3, the request."""
+    alpha = thanos.default_alpha(method, pattern)
+    assert alpha == (spec.DEFAULT_ALPHA_STRUCTURED if (method, pattern) == ("thanos", "structured") else 0.0)
+    assert spec.DEFAULT_ALPHA_STRUCTURED == 0.1
+    rng = np.random.default_rng(1)
+    c, b = 40, 32 if ":" in pattern else 30
+    X = rng.standard_normal((b + 20, b))
+    H = X.T @ X / X.shape[0]
+    W = rng.standard_normal((c, b))
+    sparsity = None if ":" in pattern else 0.3
+    Hm = None if method == "magnitude" else H
+    for prune, w, h in ((reference.prune, W, Hm), (thanos.prune, torch.tensor(W), None if Hm is None else torch.tensor(Hm))):
+        default = prune(w, h, method=method, pattern=pattern, sparsity=sparsity)
+        explicit = prune(w, h, method=method, pattern=pattern, sparsity=sparsity, alpha=alpha)
+        assert (np.asarray(default.weight) == np.asarray(explicit.weight)).all()
+        assert (np.asarray(default.mask) == np.asarray(explicit.mask)).all()
+        assert len(default.outlier_rows) == spec.outlier_row_count(alpha, c)
+        if alpha > 0:
+            assert len(default.outlier_rows) == 4 and default.sparsity == pytest.approx(0.3, abs=1e-12)
+            zero = prune(w, h, method=method, pattern=pattern, sparsity=sparsity, alpha=0.0)
+            assert len(zero.outlier_rows) == 0 and not (np.asarray(zero.mask) == np.asarray(default.mask)).all()
+
+
+def test_default_alpha_names_a_wrong_argument():
+    with pytest.raises(ValueError, match="method"):
+        thanos.default_alpha("obs", "structured")
+    with pytest.raises(ValueError, match="pattern"):
+        thanos.default_alpha("thanos", "4:2")
 
 
 def test_default_block_size_names_a_wrong_argument():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import thanos
+from reference import spec
 from thanos.assets import tiny_model
 from thanos.model import block_linears, decoder_layers, prune_model
 from thanos.verify import expected_pruned, nm_violations
@@ -218,6 +219,20 @@ def test_the_block_size_reported_is_the_one_used(method, pattern, block_size):
     assert result.block_sizes == sorted({layer.block_size for layer in result.layers} - {None})
     if method == "thanos" and pattern == "2:4" and block_size is None:  # the whole layer, every width
         assert result.block_sizes == sorted(widths)
+
+
+@pytest.mark.parametrize("method,alpha", [("thanos", None), ("thanos", 0.0), ("sparsegpt", None)])
+def test_the_alpha_reported_is_the_one_used(method, alpha):
+    """``alpha=None`` is ``thanos.default_alpha``: 0.1 for Thanos structured, which the result
+    reports (not None) and which keeps floor(0.1 c) rows of every Linear dense; 0 for SparseGPT."""
+    model, _ = tiny_model("llama", layers=1)
+    result = prune_model(model, calibration(), method=method, pattern="structured", sparsity=0.3, alpha=alpha,
+                         progress=False)
+    used = thanos.default_alpha(method, "structured") if alpha is None else alpha
+    assert result.alpha == result.as_dict()["alpha"] == used
+    assert used == (0.1 if (method, alpha) == ("thanos", None) else 0.0)
+    for layer in result.layers:
+        assert layer.outlier_rows == spec.outlier_row_count(used, layer.shape[0])
 
 
 def test_decoder_layers_found_or_clear_error():

@@ -248,7 +248,10 @@ def test_a_study_grid_can_be_widened_from_the_command_line(tmp_path, tiny_study,
     assert study.main([name, "--patterns", "structured", "--seeds", "0", "--only-method", "thanos", option, values,
                        "--out", str(out), "--no-progress"], loader=tiny_study) == 0
     runs = [r for r in study.read_records(out) if r["method"] != "dense"]
-    assert [r[field] for r in runs] == [float(values) if field == "alpha" else int(values)]
+    if field == "alpha":
+        assert [r[field] for r in runs] == [float(values)]
+    else:  # structured Thanos runs at the studies' alpha 0 and at its default alpha (calibration_settings)
+        assert [r[field] for r in runs] == [int(values)] * len(study.calibration_settings("thanos", "structured")) == [3, 3]
 
 
 def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, capsys):
@@ -316,8 +319,13 @@ def test_defaults_table_has_a_line_per_calibration_size_with_the_paired_test(tmp
     rows = [line for line in lines if line.startswith("| structured")]
     assert [row.split(" | ")[2] for row in rows] == [str(n) for n in sorted(TINY.calibration_counts)]
     assert {row.split(" | ")[1] for row in rows} == {"-"}  # structured Thanos works in no blocks: no B to name
-    table = study.report_generic(records, ["wiki"], "calibration", ["method", "pattern", "B", "calibration windows"], TINY)
+    table = study.report_generic(records, ["wiki"], "calibration", ["method", "pattern", "B", "alpha", "calibration windows"],
+                                 TINY)
     assert {line.split(" | ")[2] for line in table if line.startswith("| thanos")} == {"-"}
+    # structured Thanos at the studies' alpha 0 and at the library's default alpha, a line each per size
+    assert sorted(line.split(" | ")[3] for line in table if line.startswith("| thanos")) == sorted(
+        ["0.0", str(study.spec.DEFAULT_ALPHA_STRUCTURED)] * len(TINY.calibration_counts))
+    assert {r["alpha"] for p in study.defaults_pairs(records, TINY) for r in p[2]} == {study.spec.DEFAULT_ALPHA_STRUCTURED}
     assert {line.split(" | ")[2] for line in table if line.startswith("| sparsegpt")} == {"128"}  # SparseGPT has blocks
     table = study.report_blocksize(records, ["wiki"], TINY)
     assert {line.split(" | ")[1] for line in table if line.startswith("| thanos")} == {"-"}
@@ -337,9 +345,12 @@ def test_calibration_study_runs_thanos_also_at_the_library_default_where_it_diff
     every calibration size (Thanos at the whole layer against SparseGPT)."""
     fixed, library = study.study_block_size("thanos", "2:4"), study.library_block_size("thanos", "2:4")
     assert fixed != library == study.WHOLE
-    assert study.calibration_block_sizes("thanos", "2:4") == (fixed, library)
-    assert study.calibration_block_sizes("thanos", "4:8") == (study.study_block_size("thanos", "4:8"),)
-    assert study.calibration_block_sizes("sparsegpt", "2:4") == (study.study_block_size("sparsegpt", "2:4"),)
+    assert study.calibration_settings("thanos", "2:4") == ((fixed, 0.0), (library, 0.0))
+    assert study.calibration_settings("thanos", "4:8") == ((study.study_block_size("thanos", "4:8"), 0.0),)
+    assert study.calibration_settings("sparsegpt", "2:4") == ((study.study_block_size("sparsegpt", "2:4"), 0.0),)
+    structured_b = study.study_block_size("thanos", "structured")
+    assert study.calibration_settings("thanos", "structured") == ((structured_b, 0.0), (structured_b, 0.1))
+    assert study.calibration_settings("sparsegpt", "structured") == ((study.study_block_size("sparsegpt", "structured"), 0.0),)
     out = tmp_path / "runs.jsonl"
     assert study.main(["calibration", "--patterns", "2:4", "--seeds", "0", "--out", str(out), "--no-progress"],
                       loader=tiny_study) == 0
@@ -350,7 +361,8 @@ def test_calibration_study_runs_thanos_also_at_the_library_default_where_it_diff
         + [("sparsegpt", study.study_block_size("sparsegpt", "2:4"), n) for n in TINY.calibration_counts])
     assert {(k[0], k[3]) for k in study.group(records, "calibration", TINY)} == {
         ("thanos", fixed), ("thanos", library), ("sparsegpt", study.study_block_size("sparsegpt", "2:4"))}
-    table = study.report_generic(records, ["wiki"], "calibration", ["method", "pattern", "B", "calibration windows"], TINY)
+    table = study.report_generic(records, ["wiki"], "calibration", ["method", "pattern", "B", "alpha", "calibration windows"],
+                                 TINY)
     assert sum(line.startswith("| thanos | 2:4 | whole |") for line in table) == len(TINY.calibration_counts)
     assert sum(line.startswith(f"| thanos | 2:4 | {fixed} |") for line in table) == len(TINY.calibration_counts)
     pairs = study.defaults_pairs(records, TINY)

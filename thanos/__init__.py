@@ -8,7 +8,7 @@ activations into H; ``thanos.prune_model`` prunes a Hugging Face causal LM block
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from reference.spec import PruneResult, default_block_size
+from reference.spec import PruneResult, default_alpha, default_block_size
 
 try:
     __version__ = version("thanos")
@@ -21,7 +21,7 @@ _LAZY = {
     "prune_model": "thanos.model",
 }
 
-__all__ = ["PruneResult", "__version__", "default_block_size", *_LAZY]
+__all__ = ["PruneResult", "__version__", "default_alpha", "default_block_size", *_LAZY]
 
 
 def __getattr__(name):  # import torch-heavy modules on first use only

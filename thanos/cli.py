@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="thanos", choices=spec.METHODS)
     p.add_argument("--pattern", default="unstructured", help="unstructured, structured or N:M such as 2:4 (default: unstructured)")
     p.add_argument("--sparsity", type=float, default=None, help="fraction pruned in [0, 1) (default: 0.5; implied by N:M)")
-    p.add_argument("--alpha", type=float, default=0.0, help="Thanos structured/N:M: fraction of rows kept dense (default: 0)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="Thanos structured/N:M: fraction of rows kept dense (default: thanos.default_alpha, "
+                        f"{spec.DEFAULT_ALPHA_STRUCTURED} for Thanos structured, else 0; the report's alpha is the one used)")
     p.add_argument("--block-size", type=int, default=None,
                    help="columns per block (default: thanos.default_block_size for the method, pattern and each layer's "
                         f"width: for Thanos at 2:4 the whole layer up to {spec.WHOLE_LAYER_MAX_COLUMNS} input "
@@ -688,6 +690,7 @@ def _run_prune(args) -> int:
         "model": describe_model_source(args.model),
         "config": {k: v for k, v in vars(args).items() if k not in ("func",)},
         "achieved_sparsity": result.achieved_sparsity,
+        "alpha": result.alpha,  # the one used: config's alpha is None when --alpha was not given (the default)
         "perplexity_before": None if before is None else before.as_dict(),
         "perplexity_after": None if after is None else after.as_dict(),
         "block_sizes": result.block_sizes,

@@ -599,7 +599,7 @@ def prune_model(
     pattern: str = "unstructured",
     sparsity: Optional[float] = None,
     block_size: Optional[int] = None,
-    alpha: float = 0.0,
+    alpha: Optional[float] = None,
     percdamp: float = 0.01,
     device: Union[str, torch.device, None] = None,
     compute_dtype: Optional[torch.dtype] = None,
@@ -651,8 +651,9 @@ def prune_model(
     if sparsity is None and not nm:
         sparsity = 0.5
     selection = select_linears(model, targets, ignore)
-    check_model_arguments(model, method=method, pattern=pattern, sparsity=sparsity, block_size=block_size,
-                          alpha=alpha, percdamp=percdamp, selection=selection, metric=metric)
+    options = check_model_arguments(model, method=method, pattern=pattern, sparsity=sparsity, block_size=block_size,
+                                    alpha=alpha, percdamp=percdamp, selection=selection, metric=metric)
+    alpha = options.alpha  # None: the method's and pattern's default (spec.default_alpha), reported as such
     _check_layer_sparsity(layer_sparsity, len(layers), pattern, method)
     if layer_sparsity == "owl":
         for name, value in (("owl_threshold", owl_threshold), ("owl_spread", owl_spread)):

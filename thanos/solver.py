@@ -38,7 +38,7 @@ def prune(
     pattern: str,
     sparsity: Optional[float] = None,
     block_size: Optional[int] = None,
-    alpha: float = 0.0,
+    alpha: Optional[float] = None,
     percdamp: float = 0.01,
     compute_dtype: Optional[torch.dtype] = None,
     allow_tf32: bool = False,
