@@ -135,7 +135,8 @@ def default_block_size(method: Any, pattern: Any, columns: Any) -> int:
 
 # What ``alpha=None`` (the default) means: the fraction of rows Thanos keeps dense, per method and
 # pattern. Thanos at structured: alpha = 0.1, floor(0.1 c) outlier rows (Eq. 14) kept dense and the
-# other rows pruned more, so the achieved sparsity is still the requested one. The paper's
+# other rows pruned more, so the achieved sparsity is the requested one up to rounding (and above it
+# on layers of fewer than 1 / alpha rows, where floor(alpha c) = 0: README, "Counts are exact"). The paper's
 # structured results use alpha = 0.1 (its Tables 2-3), and the alpha study on SmolLM2-135M agrees
 # (benchmarks/README.md, "The default alpha"): at structured 30 %, --full size, five seeds,
 # alpha = 0.1 is below alpha = 0 on every evaluation text, beyond the seed noise on four (wiki
