@@ -468,8 +468,7 @@ def in_study(r: dict, study: str, size: Size) -> bool:
             return r["alpha"] == 0 and r["sparsity"] < PATTERN_SPARSITY["unstructured"]
         return standard and (r["method"] == "thanos" or r["alpha"] == 0)
     if study == "calibration":
-        return (r.get("method") in ("thanos", "sparsegpt") and _baseline(r, r["alpha"])
-                and (r["block_size"], r["alpha"]) in calibration_settings(r["method"], r["pattern"]))
+        return _baseline(r, r["alpha"]) and (r["block_size"], r["alpha"]) in calibration_settings(r["method"], r["pattern"])
     if study == "owl":
         return (r["pattern"] == "unstructured" and r["metric"] in owl_scores(r["method"], r["sparsity"]) and calibrated
                 and default_b and r["alpha"] == 0)

@@ -328,6 +328,24 @@ def test_float64_weights_compute_in_float64_by_default():
         assert torch.equal(r.weight, r32.weight)
 
 
+def _one_layer_in_both(method, *, c, b, extra_rows, seed):
+    """[(prune, W, H)] for ``reference.prune`` (NumPy) and ``thanos.prune`` (torch) on one random
+    layer: W (c, b) and H = X^T X / n of n = b + extra_rows Gaussian rows (positive definite with
+    probability 1); H None for magnitude, which takes none."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((b + extra_rows, b))
+    W = rng.standard_normal((c, b))
+    H = None if method == "magnitude" else X.T @ X / X.shape[0]
+    return [(reference.prune, W, H), (thanos.prune, torch.tensor(W), None if H is None else torch.tensor(H))]
+
+
+def _assert_same_bits(a, b):
+    """Two results of the same code on the same values (a default against the value it stands for):
+    the same weights and mask, bit for bit."""
+    assert (np.asarray(a.weight) == np.asarray(b.weight)).all()
+    assert (np.asarray(a.mask) == np.asarray(b.mask)).all()
+
+
 @pytest.mark.parametrize("method", spec.METHODS)
 @pytest.mark.parametrize("pattern", ["unstructured", "structured", "2:4", "4:8"])
 @pytest.mark.parametrize("b", [1024 + 8, spec.WHOLE_LAYER_MAX_COLUMNS + 8])
@@ -343,17 +361,11 @@ def test_block_size_none_means_the_documented_default_in_both(method, pattern, b
     assert B >= 1 and (kind != "N:M" or B % m == 0)
     whole = method == "thanos" and pattern == "2:4" and b <= spec.WHOLE_LAYER_MAX_COLUMNS
     assert B == (b if whole else spec.fixed_block_size(method, pattern))
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((b + 68, b))
-    H = X.T @ X / X.shape[0]
-    W = rng.standard_normal((6, b))
     sparsity = None if kind == "N:M" else 0.3
-    Hm = None if method == "magnitude" else H
-    for prune, w, h in ((reference.prune, W, Hm), (thanos.prune, torch.tensor(W), None if Hm is None else torch.tensor(Hm))):
+    for prune, w, h in _one_layer_in_both(method, c=6, b=b, extra_rows=68, seed=0):
         default = prune(w, h, method=method, pattern=pattern, sparsity=sparsity)
         explicit = prune(w, h, method=method, pattern=pattern, sparsity=sparsity, block_size=B)
-        assert (np.asarray(default.weight) == np.asarray(explicit.weight)).all()
-        assert (np.asarray(default.mask) == np.asarray(explicit.mask)).all()
+        _assert_same_bits(default, explicit)
         if method == "thanos" and kind == "N:M":  # the test can tell the whole layer from the fixed B
             other = prune(w, h, method=method, pattern=pattern, block_size=512 if whole else b)
             assert not np.allclose(np.asarray(default.weight), np.asarray(other.weight))
@@ -391,18 +403,12 @@ def test_alpha_none_means_the_documented_default_in_both(method, pattern):
     alpha = thanos.default_alpha(method, pattern)
     assert alpha == (spec.DEFAULT_ALPHA_STRUCTURED if (method, pattern) == ("thanos", "structured") else 0.0)
     assert spec.DEFAULT_ALPHA_STRUCTURED == 0.1
-    rng = np.random.default_rng(1)
     c, b = 40, 32 if ":" in pattern else 30
-    X = rng.standard_normal((b + 20, b))
-    H = X.T @ X / X.shape[0]
-    W = rng.standard_normal((c, b))
     sparsity = None if ":" in pattern else 0.3
-    Hm = None if method == "magnitude" else H
-    for prune, w, h in ((reference.prune, W, Hm), (thanos.prune, torch.tensor(W), None if Hm is None else torch.tensor(Hm))):
+    for prune, w, h in _one_layer_in_both(method, c=c, b=b, extra_rows=20, seed=1):
         default = prune(w, h, method=method, pattern=pattern, sparsity=sparsity)
         explicit = prune(w, h, method=method, pattern=pattern, sparsity=sparsity, alpha=alpha)
-        assert (np.asarray(default.weight) == np.asarray(explicit.weight)).all()
-        assert (np.asarray(default.mask) == np.asarray(explicit.mask)).all()
+        _assert_same_bits(default, explicit)
         assert len(default.outlier_rows) == spec.outlier_row_count(alpha, c)
         if alpha > 0:
             assert len(default.outlier_rows) == 4 and default.sparsity == pytest.approx(0.3, abs=1e-12)
