@@ -87,7 +87,7 @@ def library_block_size(method: str, pattern: str) -> int:
 def calibration_settings(method: str, pattern: str) -> tuple:
     """The (B, alpha) one method runs at in the calibration study (its grid and its table): the
     studies' fixed B at alpha 0, and the library's defaults where they differ (Thanos at 2:4: the
-    whole layer; at structured: alpha = ``spec.default_alpha``, 0.1), so that the defaults table has
+    whole layer; at structured: alpha = ``spec.default_alpha``, 0.2), so that the defaults table has
     a line for every calibration size at the settings a user gets."""
     return tuple(dict.fromkeys(((study_block_size(method, pattern), 0.0),
                                 (library_block_size(method, pattern), spec.default_alpha(method, pattern)))))
@@ -123,7 +123,7 @@ class Size:
 SIZES = {
     # minutes per run on one CPU thread: for a 2-core machine shared with others
     "quick": Size(nsamples=32, seqlen=256, eval_windows=8, eval_seqlen=512, seeds=(0, 1, 2),
-                  block_sizes=(128, 512, WHOLE), alphas=(0.0, 0.1, 0.3), calibration_counts=(16, 32, 64)),
+                  block_sizes=(128, 512, WHOLE), alphas=(0.0, 0.1, 0.2, 0.3), calibration_counts=(16, 32, 64)),
     # the issue's sizes: hours on a CPU
     "full": Size(nsamples=128, seqlen=512, eval_windows=40, eval_seqlen=512, seeds=(0, 1, 2, 3, 4),
                  block_sizes=(32, 64, 128, 256, 512, 1024, WHOLE), alphas=(0.0, 0.05, 0.1, 0.2, 0.3),
@@ -641,7 +641,7 @@ def report_blocksize(records, texts, size) -> list:
 def defaults_pairs(records, size) -> list:
     """[(pattern, calibration windows, Thanos runs, SparseGPT runs)]: each method at the B
     ``block_size=None`` gives (``library_block_size``) and the alpha ``alpha=None`` gives
-    (``spec.default_alpha``: 0.1 for Thanos structured, else 0; psi, uniform), for every
+    (``spec.default_alpha``: 0.2 for Thanos structured, else 0; psi, uniform), for every
     calibration size both ran at."""
     runs: dict = {}
     for r in records:

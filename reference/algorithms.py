@@ -180,7 +180,7 @@ def prune(W, H, *, method, pattern, sparsity=None, block_size=None, alpha=None, 
     method: 'thanos' | 'sparsegpt' | 'wanda' | 'magnitude'; pattern: 'unstructured' | 'structured'
     | 'N:M'; sparsity in [0, 1) (implied by N:M, pass None); block_size B (None: the default for the
     method and pattern, ``spec.default_block_size``); alpha: fraction of rows
-    left dense (Thanos structured and N:M; None: ``spec.default_alpha``, 0.1 for Thanos structured,
+    left dense (Thanos structured and N:M; None: ``spec.default_alpha``, 0.2 for Thanos structured,
     else 0); percdamp: damping as a fraction of mean(diag H); metric:
     the score Thanos' mask ranks weights by, unstructured and N:M (``spec.METRICS``; 'psi', the
     paper's, by default; the outlier rows of alpha > 0 are always chosen by Eq. 14's psi).

@@ -208,13 +208,13 @@ def test_verify_argument_errors(no_loading, capsys):
 
 
 def test_prune_structured_reports_the_default_alpha(tiny_dir, text_file, tmp_path, capsys):
-    """No --alpha at structured: Thanos keeps thanos.default_alpha = 0.1 of each Linear's rows dense
-    (floor(0.1 c)), and the report says 0.1, not a missing value."""
+    """No --alpha at structured: Thanos keeps thanos.default_alpha = 0.2 of each Linear's rows dense
+    (floor(0.2 c)), and the report says 0.2, not a missing value."""
     out = tmp_path / "pruned"
     assert cli.main(_prune_args(tiny_dir, text_file, out, "--pattern", "structured", "--sparsity", "0.3")) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["alpha"] == 0.1
-    assert all(layer["outlier_rows"] == spec.outlier_row_count(0.1, layer["shape"][0]) for layer in report["layers"])
+    assert report["alpha"] == 0.2
+    assert all(layer["outlier_rows"] == spec.outlier_row_count(0.2, layer["shape"][0]) for layer in report["layers"])
     assert any(layer["outlier_rows"] > 0 for layer in report["layers"])
 
 

@@ -395,15 +395,15 @@ def test_default_block_size_is_the_whole_layer_where_measured_else_per_pattern()
 @pytest.mark.parametrize("pattern", ["unstructured", "structured", "2:4"])
 def test_alpha_none_means_the_documented_default_in_both(method, pattern):
     """``alpha=None`` (the default of ``reference.prune``, ``thanos.prune``, ``prune_model`` and the
-    CLI) is ``spec.default_alpha``: 0.1 for Thanos structured, 0 elsewhere; the same result as
+    CLI) is ``spec.default_alpha``: 0.2 for Thanos structured, 0 elsewhere; the same result as
     passing it (the same code runs twice on the same values: the same bits), and the outlier rows
-    the result reports are floor(alpha c). c = 40 rows, so Thanos structured keeps 4 dense, and at
-    p = 0.3 removes ceil(0.3 b / 0.9) = 10 of b = 30 columns from the other 36 rows: an effective
-    sparsity of 36 * 10 / (40 * 30) = 0.3, the request."""
+    the result reports are floor(alpha c). c = 40 rows, so Thanos structured keeps floor(0.2 * 40)
+    = 8 dense, and at p = 0.3 removes ceil(0.3 b / 0.8) = 12 of b = 32 columns from the other 32
+    rows: an effective sparsity of 32 * 12 / (40 * 32) = 0.3, the request."""
     alpha = thanos.default_alpha(method, pattern)
     assert alpha == (spec.DEFAULT_ALPHA_STRUCTURED if (method, pattern) == ("thanos", "structured") else 0.0)
-    assert spec.DEFAULT_ALPHA_STRUCTURED == 0.1
-    c, b = 40, 32 if ":" in pattern else 30
+    assert spec.DEFAULT_ALPHA_STRUCTURED == 0.2  # the value the docstring's counts are derived for
+    c, b = 40, 32
     sparsity = None if ":" in pattern else 0.3
     for prune, w, h in _one_layer_in_both(method, c=c, b=b, extra_rows=20, seed=1):
         default = prune(w, h, method=method, pattern=pattern, sparsity=sparsity)
@@ -411,7 +411,7 @@ def test_alpha_none_means_the_documented_default_in_both(method, pattern):
         _assert_same_bits(default, explicit)
         assert len(default.outlier_rows) == spec.outlier_row_count(alpha, c)
         if alpha > 0:
-            assert len(default.outlier_rows) == 4 and default.sparsity == pytest.approx(0.3, abs=1e-12)
+            assert len(default.outlier_rows) == 8 and default.sparsity == pytest.approx(0.3, abs=1e-12)
             zero = prune(w, h, method=method, pattern=pattern, sparsity=sparsity, alpha=0.0)
             assert len(zero.outlier_rows) == 0 and not (np.asarray(zero.mask) == np.asarray(default.mask)).all()
 

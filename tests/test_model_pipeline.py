@@ -223,14 +223,14 @@ def test_the_block_size_reported_is_the_one_used(method, pattern, block_size):
 
 @pytest.mark.parametrize("method,alpha", [("thanos", None), ("thanos", 0.0), ("sparsegpt", None)])
 def test_the_alpha_reported_is_the_one_used(method, alpha):
-    """``alpha=None`` is ``thanos.default_alpha``: 0.1 for Thanos structured, which the result
-    reports (not None) and which keeps floor(0.1 c) rows of every Linear dense; 0 for SparseGPT."""
+    """``alpha=None`` is ``thanos.default_alpha``: 0.2 for Thanos structured, which the result
+    reports (not None) and which keeps floor(0.2 c) rows of every Linear dense; 0 for SparseGPT."""
     model, _ = tiny_model("llama", layers=1)
     result = prune_model(model, calibration(), method=method, pattern="structured", sparsity=0.3, alpha=alpha,
                          progress=False)
     used = thanos.default_alpha(method, "structured") if alpha is None else alpha
     assert result.alpha == result.as_dict()["alpha"] == used
-    assert used == (0.1 if (method, alpha) == ("thanos", None) else 0.0)
+    assert used == (0.2 if (method, alpha) == ("thanos", None) else 0.0)
     for layer in result.layers:
         assert layer.outlier_rows == spec.outlier_row_count(used, layer.shape[0])
 

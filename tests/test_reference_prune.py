@@ -472,8 +472,8 @@ def test_golden_zero_hessian_prunes_everything_and_says_so(method, pattern):
     reported sparsity is 1.0 with a warning giving requested and achieved -- not the requested 0.5
     while every weight is zero."""
     W = np.arange(1.0, 33.0).reshape(4, 8)
-    # alpha 0: at structured, Thanos' default 0.1 keeps floor(0.4) = 0 of 4 rows dense yet removes
-    # ceil(0.5 * 8 / 0.9) = 5 columns, a request of 20 of 32 (README, "Counts are exact")
+    # alpha 0: at structured, Thanos' default 0.2 keeps floor(0.8) = 0 of 4 rows dense yet removes
+    # ceil(0.5 * 8 / 0.8) = 5 columns, a request of 20 of 32 (README, "Counts are exact")
     with pytest.warns(RuntimeWarning, match=r"8 dead column\(s\).*requested sparsity 0.5 \(16 of 32 weights\), achieved 1 \(32\)"):
         result = reference.prune(W, np.zeros((8, 8)), method=method, pattern=pattern, sparsity=None if ":" in pattern else 0.5,
                                  alpha=0.0)

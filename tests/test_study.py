@@ -349,7 +349,7 @@ def test_calibration_study_runs_thanos_also_at_the_library_default_where_it_diff
     assert study.calibration_settings("thanos", "4:8") == ((study.study_block_size("thanos", "4:8"), 0.0),)
     assert study.calibration_settings("sparsegpt", "2:4") == ((study.study_block_size("sparsegpt", "2:4"), 0.0),)
     structured_b = study.study_block_size("thanos", "structured")
-    assert study.calibration_settings("thanos", "structured") == ((structured_b, 0.0), (structured_b, 0.1))
+    assert study.calibration_settings("thanos", "structured") == ((structured_b, 0.0), (structured_b, 0.2))
     assert study.calibration_settings("sparsegpt", "structured") == ((study.study_block_size("sparsegpt", "structured"), 0.0),)
     out = tmp_path / "runs.jsonl"
     assert study.main(["calibration", "--patterns", "2:4", "--seeds", "0", "--out", str(out), "--no-progress"],

@@ -39,7 +39,7 @@ RUNS = (
     ("magnitude", "4:8", None, 0.0), ("wanda", "4:8", None, 0.0), ("sparsegpt", "4:8", None, 0.0), ("thanos", "4:8", None, 0.0),
     ("magnitude", "2:4", None, 0.0), ("wanda", "2:4", None, 0.0), ("sparsegpt", "2:4", None, 0.0), ("thanos", "2:4", None, 0.0),
     ("magnitude", "structured", 0.3, 0.0), ("wanda", "structured", 0.3, 0.0), ("sparsegpt", "structured", 0.3, 0.0),
-    ("thanos", "structured", 0.3, 0.0), ("thanos", "structured", 0.3, 0.1),
+    ("thanos", "structured", 0.3, 0.0), ("thanos", "structured", 0.3, spec.DEFAULT_ALPHA_STRUCTURED),
 )
 #: (method, pattern, sparsity, alpha, metric) compared with the reference on the real layers beyond
 #: RUNS (which use metric "psi"): Thanos' other scores, ``thanos.prune(metric=...)``
