@@ -687,12 +687,13 @@ def report_defaults(records, texts, size, windows: Optional[int] = None) -> list
     return lines + [""] if len(lines) > 2 else []
 
 
-def _against_best_b(by_b: dict, texts) -> list:
-    """Thanos at each B against the best B, text by text, at the seeds every compared B ran
-    (paired runs: the same calibration windows): percent above the lowest perplexity, its mean
-    over the texts, and whether a B is within 1 % of the best on every text. One table over the
-    seeds all B share, then one per level of seeds: the block sizes that ran at least k seeds,
-    over the seeds they share, wherever that is more seeds than the table before."""
+def _against_best_b(by_b: dict, texts, name: str = "B", label=None) -> list:
+    """Thanos at each B (or each value of another setting: ``name``, labelled by ``label``) against
+    the best one, text by text, at the seeds every compared value ran (paired runs: the same
+    calibration windows): percent above the lowest perplexity, its mean over the texts, and whether
+    a value is within 1 % of the best on every text. One table over the seeds all values share,
+    then one per level of seeds: the values that ran at least k seeds, over the seeds they share,
+    wherever that is more seeds than the table before."""
     if len(by_b) < 2:
         return []
     seeds_of = {b: {r["seed"] for r in runs} for b, runs in by_b.items()}
@@ -701,27 +702,40 @@ def _against_best_b(by_b: dict, texts) -> list:
         group = {b: runs for b, runs in by_b.items() if len(seeds_of[b]) >= k}
         shared = set.intersection(*(seeds_of[b] for b in group))
         if len(group) >= 2 and len(shared) > seeds_so_far:
-            lines += _best_b_table(group, texts, shared)
+            lines += _best_b_table(group, texts, shared, name, label or _label_b)
             seeds_so_far = len(shared)
     return lines
 
 
-def _best_b_table(by_b: dict, texts, seeds: set) -> list:
+def _best_b_table(by_b: dict, texts, seeds: set, name: str = "B", label=None) -> list:
     if not seeds:
         return []
+    label = label or _label_b
     means = {b: {t: statistics.fmean(r["perplexity"][t] for r in runs if r["seed"] in seeds) for t in texts
                  if all(t in r["perplexity"] for r in runs if r["seed"] in seeds)} for b, runs in by_b.items()}
     shared = [t for t in texts if all(t in m for m in means.values())]
     best = {t: min(m[t] for m in means.values()) for t in shared}
-    lines = [f"Thanos by B, mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))} "
-             f"(which every B here ran): perplexity above the best B on each text, in %", "",
-             "| B | " + " | ".join(shared) + " | mean over the texts | within 1 % of the best on every text |",
+    lines = [f"Thanos by {name}, mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))} "
+             f"(which every {name} here ran): perplexity above the best {name} on each text, in %", "",
+             f"| {name} | " + " | ".join(shared) + " | mean over the texts | within 1 % of the best on every text |",
              "|---|" + "---:|" * len(shared) + "---:|---|"]
-    for b in sorted(by_b, key=lambda b: b or 10**6):
+    for b in sorted(by_b, key=lambda b: b or 10**6) if name == "B" else sorted(by_b):
         above = [100 * (means[b][t] / best[t] - 1) for t in shared]
-        lines.append(f"| {_label_b(b)} | " + " | ".join(f"{a:.1f}" for a in above)
+        lines.append(f"| {label(b)} | " + " | ".join(f"{a:.1f}" for a in above)
                      + f" | {statistics.fmean(above):.1f} | {'yes' if max(above) <= 1 else 'no'} |")
     return lines + [""]
+
+
+def report_alpha(records, texts, size) -> list:
+    """The alpha table, then Thanos at structured by alpha against the best alpha, text by text
+    (the rule the default alpha is chosen by, as the block sizes are: "The default alpha")."""
+    lines = report_generic(records, texts, "alpha", ["method", "pattern", "alpha"], size)
+    structured = {k[4]: runs for k, runs in studied(records, "alpha", size).items()
+                  if k[0] == "thanos" and k[1] == "structured"}
+    if len(structured) >= 2:
+        lines += [f"At {_pattern_label('structured', PATTERN_SPARSITY['structured'])}:", ""]
+        lines += _against_best_b(structured, texts, name="alpha", label=lambda a: f"{a:g}")
+    return lines
 
 
 def _paired(a_runs, b_runs, text):
@@ -1018,7 +1032,7 @@ def report(args) -> int:
                  report_defaults(records, texts, size)),
                 ("Block size", report_blocksize(records, texts, size)),
                 ("Metric inside Thanos", report_generic(records, texts, "metric", ["pattern", "metric"], size)),
-                ("Alpha", report_generic(records, texts, "alpha", ["method", "pattern", "alpha"], size)),
+                ("Alpha", report_alpha(records, texts, size)),
                 ("Calibration size", report_generic(records, texts, "calibration", ["method", "pattern", "B", "alpha", "calibration windows"],
                                                      size)),
                 ("Uniform against outlier-weighted (OWL) block sparsity",

@@ -521,6 +521,23 @@ def test_cli_prune_with_metric_reaches_prune_model_and_the_report(tmp_path):
     assert torch.equal(direct.state_dict()[name], pruned["sparsegpt"].state_dict()[name])
 
 
+def test_alphas_are_ranked_by_the_block_size_rule():
+    """The alpha study's table of structured Thanos by alpha ("The default alpha") is the block-size
+    table over alpha: values in numeric order (0 before 0.05), labelled as given, the percent above
+    each text's best alpha and its mean over the texts. wiki: 0.1 is the best (110) and 0.2 is
+    100 * (121 / 110 - 1) = 10 % above it; code: 0.2 is the best (40) and 0.1 is 25 % above (50),
+    so the means are 12.5 % for 0.1 and 5 % for 0.2."""
+    def runs(wiki, code, seeds=(0, 1)):
+        return [dict(seed=s, perplexity={"wiki": wiki, "code": code}) for s in seeds]
+
+    by_alpha = {0.2: runs(121.0, 40.0), 0.0: runs(130.0, 80.0), 0.1: runs(110.0, 50.0)}
+    lines = study._against_best_b(by_alpha, ["wiki", "code"], name="alpha", label=lambda a: f"{a:g}")
+    assert lines[0].startswith("Thanos by alpha, mean over seeds 0, 1 (which every alpha here ran)")
+    rows = [line for line in lines if line.startswith("| 0")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 0.1", "| 0.2"]
+    assert rows[1] == "| 0.1 | 0.0 | 25.0 | 12.5 | no |" and rows[2] == "| 0.2 | 10.0 | 0.0 | 5.0 | no |"
+
+
 def test_block_sizes_are_compared_at_the_seeds_they_share():
     """B = 128 ran seed 0, 1024 seeds 0-1, 256 seeds 0-2, 512 seeds 0-4: one table over seed 0
     (all four B), one over seeds 0-1 (1024, 256, 512), one over seeds 0-2 (256 and 512), never a
