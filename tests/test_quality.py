@@ -154,3 +154,14 @@ def test_report_refuses_run_options_and_a_missing_or_foreign_json_before_any_wor
         quality.main(argv)
     assert exit_info.value.code == 2 and names in capsys.readouterr().err
     assert out.read_text(encoding="utf-8") == "{}" and readme.read_text(encoding="utf-8") == "kept\n"
+
+
+def test_every_target_has_its_run_at_the_default_alpha():
+    """The targets read each method's run at ``spec.default_alpha``; the runs the benchmark (and
+    ``thanos verify``) make must include it for every method and pattern they prune, or a target
+    would silently drop out when a default moves (as the structured alpha did, 0.1 to 0.2)."""
+    made = {(m, p, a) for m, p, _, a in quality.RUNS}
+    for method, pattern in {(m, p) for m, p, _, _ in quality.RUNS}:
+        assert (method, pattern, quality.spec.default_alpha(method, pattern)) in made, (method, pattern)
+    runs = [_run(m, p, 100.0, alpha=a) for m, p, _, a in quality.RUNS]
+    assert len(quality.targets(runs)) == 6  # 2:4, 4:8, structured, 50 %, and structured against wanda and magnitude
