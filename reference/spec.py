@@ -140,7 +140,7 @@ def default_block_size(method: Any, pattern: Any, columns: Any) -> int:
 # Chosen by the alpha study on SmolLM2-135M (benchmarks/README.md, "The default alpha"), by the rule
 # the block sizes were chosen by (the mean over the five evaluation texts of the perplexity above
 # each text's best): at structured 30 %, --full size, five seeds, 0.2 is 0.7 % above the per-text
-# best of {0.1, 0.2} and 0.1 (the paper's value, its Tables 2-3, and the default until 2026-12-06)
+# best of {0.1, 0.2} and 0.1 (the paper's value, its Tables 2-3, and the default earlier on 2026-12-06)
 # 7.3 %: 0.2 is lower on code (-9 %) and multilingual (-20 %) at every seed, beyond the seed
 # noise, higher on c4-heldout (+2.1 %, beyond it), and within it on wiki and technical; the
 # --quick size splits the texts the same way. Both are below alpha = 0 beyond the noise on four
