@@ -687,13 +687,18 @@ def report_defaults(records, texts, size, windows: Optional[int] = None) -> list
     return lines + [""] if len(lines) > 2 else []
 
 
-def _against_best_b(by_b: dict, texts, name: str = "B", label=None) -> list:
-    """Thanos at each B (or each value of another setting: ``name``, labelled by ``label``) against
-    the best one, text by text, at the seeds every compared value ran (paired runs: the same
-    calibration windows): percent above the lowest perplexity, its mean over the texts, and whether
-    a value is within 1 % of the best on every text. One table over the seeds all values share,
-    then one per level of seeds: the values that ran at least k seeds, over the seeds they share,
-    wherever that is more seeds than the table before."""
+# the settings the "best value" tables rank Thanos by: (name, how a value is labelled, sort key)
+B_AXIS = ("B", _label_b, lambda b: b or 10**6)  # the whole layer (0) last
+ALPHA_AXIS = ("alpha", lambda a: f"{a:g}", float)
+
+
+def _against_best_b(by_b: dict, texts, axis: tuple = B_AXIS) -> list:
+    """Thanos at each B (or each value of another setting, ``axis``: ``B_AXIS``, ``ALPHA_AXIS``)
+    against the best one, text by text, at the seeds every compared value ran (paired runs: the
+    same calibration windows): percent above the lowest perplexity, its mean over the texts, and
+    whether a value is within 1 % of the best on every text. One table over the seeds all values
+    share, then one per level of seeds: the values that ran at least k seeds, over the seeds they
+    share, wherever that is more seeds than the table before."""
     if len(by_b) < 2:
         return []
     seeds_of = {b: {r["seed"] for r in runs} for b, runs in by_b.items()}
@@ -702,15 +707,15 @@ def _against_best_b(by_b: dict, texts, name: str = "B", label=None) -> list:
         group = {b: runs for b, runs in by_b.items() if len(seeds_of[b]) >= k}
         shared = set.intersection(*(seeds_of[b] for b in group))
         if len(group) >= 2 and len(shared) > seeds_so_far:
-            lines += _best_b_table(group, texts, shared, name, label or _label_b)
+            lines += _best_b_table(group, texts, shared, axis)
             seeds_so_far = len(shared)
     return lines
 
 
-def _best_b_table(by_b: dict, texts, seeds: set, name: str = "B", label=None) -> list:
+def _best_b_table(by_b: dict, texts, seeds: set, axis: tuple = B_AXIS) -> list:
     if not seeds:
         return []
-    label = label or _label_b
+    name, label, order = axis
     means = {b: {t: statistics.fmean(r["perplexity"][t] for r in runs if r["seed"] in seeds) for t in texts
                  if all(t in r["perplexity"] for r in runs if r["seed"] in seeds)} for b, runs in by_b.items()}
     shared = [t for t in texts if all(t in m for m in means.values())]
@@ -719,7 +724,7 @@ def _best_b_table(by_b: dict, texts, seeds: set, name: str = "B", label=None) ->
              f"(which every {name} here ran): perplexity above the best {name} on each text, in %", "",
              f"| {name} | " + " | ".join(shared) + " | mean over the texts | within 1 % of the best on every text |",
              "|---|" + "---:|" * len(shared) + "---:|---|"]
-    for b in sorted(by_b, key=lambda b: b or 10**6) if name == "B" else sorted(by_b):
+    for b in sorted(by_b, key=order):
         above = [100 * (means[b][t] / best[t] - 1) for t in shared]
         lines.append(f"| {label(b)} | " + " | ".join(f"{a:.1f}" for a in above)
                      + f" | {statistics.fmean(above):.1f} | {'yes' if max(above) <= 1 else 'no'} |")
@@ -734,7 +739,7 @@ def report_alpha(records, texts, size) -> list:
                   if k[0] == "thanos" and k[1] == "structured"}
     if len(structured) >= 2:
         lines += [f"At {_pattern_label('structured', PATTERN_SPARSITY['structured'])}:", ""]
-        lines += _against_best_b(structured, texts, name="alpha", label=lambda a: f"{a:g}")
+        lines += _against_best_b(structured, texts, ALPHA_AXIS)
     return lines
 
 

@@ -531,7 +531,7 @@ def test_alphas_are_ranked_by_the_block_size_rule():
         return [dict(seed=s, perplexity={"wiki": wiki, "code": code}) for s in seeds]
 
     by_alpha = {0.2: runs(121.0, 40.0), 0.0: runs(130.0, 80.0), 0.1: runs(110.0, 50.0)}
-    lines = study._against_best_b(by_alpha, ["wiki", "code"], name="alpha", label=lambda a: f"{a:g}")
+    lines = study._against_best_b(by_alpha, ["wiki", "code"], study.ALPHA_AXIS)
     assert lines[0].startswith("Thanos by alpha, mean over seeds 0, 1 (which every alpha here ran)")
     rows = [line for line in lines if line.startswith("| 0")]
     assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 0.1", "| 0.2"]
