@@ -1,10 +1,11 @@
-"""``python -m benchmarks speed|quality|scale|study [options]``: run one benchmark, write JSON (and PNG)."""
+"""``python -m benchmarks speed|quality|scale|breakdown|study|layerloss [options]``: run one benchmark, write JSON (and PNG)."""
 
 import sys
 from importlib import import_module
 
 _BENCHMARKS = {"speed": "benchmarks.speed", "quality": "benchmarks.quality", "scale": "benchmarks.scale",
-               "breakdown": "benchmarks.breakdown", "study": "benchmarks.study"}
+               "breakdown": "benchmarks.breakdown", "study": "benchmarks.study",
+               "layerloss": "benchmarks.layerloss"}
 
 
 def main(argv=None) -> int:
