@@ -906,7 +906,9 @@ def plot(records, texts, out_dir: Path, size, size_name: str) -> list:
                                        label="SparseGPT, each of these seeds" if n == 0 else "_nolegend_")
                 if xs:
                     ax.set_xscale("log", base=2)
-                    ax.set_xticks(xs, [("whole" if x == 4096 else str(x)) for x in xs])
+                    crowded = any(b / a < 1.9 for a, b in zip(xs, xs[1:]))  # a B between powers of two
+                    ax.set_xticks(xs, [("whole" if x == 4096 else str(x)) for x in xs],
+                                  **(dict(rotation=60, fontsize=7) if crowded else {}))
                 ax.set_title(f"{_pattern_label(pattern, sparsity)}, {text}", fontsize=9)
                 ax.set_xlabel("block size B")
                 ax.set_ylabel("perplexity")
