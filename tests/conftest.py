@@ -1,4 +1,4 @@
-"""Hypothesis profiles and the device fixture shared by the whole suite.
+"""Hypothesis profiles, the device fixture and the benchmark tests' fake texts, shared by the suite.
 
 Profiles (chosen by HYPOTHESIS_PROFILE, set by tox): ``ci`` (derandomized, no deadline, no
 database; what CI runs), ``dev`` (fewer examples, random), ``thorough`` (many examples).
@@ -35,3 +35,22 @@ def device(request):
     if request.param == "cuda" and not _cuda_available():
         pytest.skip("CUDA is not available on this machine")
     return request.param
+
+
+@pytest.fixture
+def fake_study_texts(monkeypatch):
+    """``benchmarks.study.load_texts`` (the SmolLM2 package's texts, tokenised) replaced by seeded
+    random tokens for the benchmark tooling's tests on tiny models: 400 calibration tokens, and each
+    evaluation text its own windows, the same whichever other texts are asked for. The test modules
+    that use it put the repository on ``sys.path`` (``benchmarks/`` is not installed)."""
+    import zlib
+
+    import torch
+    from benchmarks import study
+
+    def texts(tokenizer, names, eval_windows, eval_seqlen):
+        windows = {n: torch.randint(0, 257, (eval_windows, eval_seqlen), generator=torch.Generator().manual_seed(
+            zlib.crc32(n.encode()))) for n in names}
+        return torch.randint(0, 257, (400,), generator=torch.Generator().manual_seed(7)), windows
+
+    monkeypatch.setattr(study, "load_texts", texts)

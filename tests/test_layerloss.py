@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import math
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is a folder of the repository, not installed
 from benchmarks import layerloss, study  # noqa: E402
@@ -32,13 +30,7 @@ ARGS = ["--patterns", "2:4,unstructured", "--block-sizes", "16,0", "--blocks", "
 
 
 @pytest.fixture
-def tiny(monkeypatch):
-    def texts(tokenizer, names, eval_windows, eval_seqlen):  # each text its own random tokens
-        windows = {n: torch.randint(0, 257, (eval_windows, eval_seqlen), generator=torch.Generator().manual_seed(
-            zlib.crc32(n.encode()))) for n in names}
-        return torch.randint(0, 257, (400,), generator=torch.Generator().manual_seed(7)), windows
-
-    monkeypatch.setattr(study, "load_texts", texts)
+def tiny(fake_study_texts):
     return lambda: tiny_model("llama", layers=2)
 
 

@@ -14,7 +14,6 @@ import copy
 import json
 import math
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -136,15 +135,8 @@ TINY = study.Size(nsamples=4, seqlen=16, eval_windows=2, eval_seqlen=32, seeds=(
 
 
 @pytest.fixture
-def tiny_study(monkeypatch):
+def tiny_study(monkeypatch, fake_study_texts):
     monkeypatch.setitem(study.SIZES, "quick", TINY)
-
-    def texts(tokenizer, names, eval_windows, eval_seqlen):  # each text its own, whichever others are asked for
-        windows = {n: torch.randint(0, 257, (eval_windows, eval_seqlen), generator=torch.Generator().manual_seed(
-            zlib.crc32(n.encode()))) for n in names}
-        return torch.randint(0, 257, (400,), generator=torch.Generator().manual_seed(7)), windows
-
-    monkeypatch.setattr(study, "load_texts", texts)
     return lambda: tiny_model("llama", layers=2)
 
 
