@@ -712,23 +712,100 @@ def _against_best_b(by_b: dict, texts, axis: tuple = B_AXIS) -> list:
     return lines
 
 
-def _best_b_table(by_b: dict, texts, seeds: set, axis: tuple = B_AXIS) -> list:
-    if not seeds:
-        return []
-    name, label, order = axis
+def _above_best(by_b: dict, texts, seeds: set) -> tuple:
+    """(the texts every value evaluated at ``seeds``, {value: [its mean perplexity over ``seeds`` in %
+    above the lowest value's, text by text]}): what the best-value tables and the glance rank by."""
     means = {b: {t: statistics.fmean(r["perplexity"][t] for r in runs if r["seed"] in seeds) for t in texts
                  if all(t in r["perplexity"] for r in runs if r["seed"] in seeds)} for b, runs in by_b.items()}
     shared = [t for t in texts if all(t in m for m in means.values())]
     best = {t: min(m[t] for m in means.values()) for t in shared}
-    lines = [f"Thanos by {name}, mean over seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))} "
+    return shared, {b: [100 * (means[b][t] / best[t] - 1) for t in shared] for b in by_b}
+
+
+def _seeds_label(seeds) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}"
+
+
+def _best_b_table(by_b: dict, texts, seeds: set, axis: tuple = B_AXIS) -> list:
+    if not seeds:
+        return []
+    name, label, order = axis
+    shared, above_of = _above_best(by_b, texts, seeds)
+    lines = [f"Thanos by {name}, mean over {_seeds_label(seeds)} "
              f"(which every {name} here ran): perplexity above the best {name} on each text, in %", "",
              f"| {name} | " + " | ".join(shared) + " | mean over the texts | within 1 % of the best on every text |",
              "|---|" + "---:|" * len(shared) + "---:|---|"]
     for b in sorted(by_b, key=order):
-        above = [100 * (means[b][t] / best[t] - 1) for t in shared]
+        above = above_of[b]
         lines.append(f"| {label(b)} | " + " | ".join(f"{a:.1f}" for a in above)
                      + f" | {statistics.fmean(above):.1f} | {'yes' if max(above) <= 1 else 'no'} |")
     return lines + [""]
+
+
+def thanos_by_setting(records, pattern: str, size: Size) -> tuple:
+    """(axis, Thanos' default value, {value: Thanos runs}) of the setting Thanos' default at
+    ``pattern`` was chosen over: B from the block-size study, or at structured (no B) alpha from the
+    alpha study."""
+    if pattern == "structured":
+        return ALPHA_AXIS, spec.default_alpha("thanos", pattern), {
+            k[4]: runs for k, runs in studied(records, "alpha", size).items() if k[0] == "thanos" and k[1] == pattern}
+    return B_AXIS, library_block_size("thanos", pattern), {
+        k[3]: runs for k, runs in group(records, "blocksize", size).items() if k[0] == "thanos" and k[1] == pattern}
+
+
+def _default_against_best(records, pattern: str, texts, size: Size) -> str:
+    """Thanos' default B (alpha at structured) against the best value measured, over the seeds every
+    value ran: the mean over the texts and the worst text of its % above each text's best."""
+    (name, label, _), default, by_value = thanos_by_setting(records, pattern, size)
+    if default not in by_value or len(by_value) < 2:
+        return "-"
+    seeds = set.intersection(*({r["seed"] for r in runs} for runs in by_value.values()))
+    shared, above_of = _above_best(by_value, texts, seeds) if seeds else ([], {})
+    if not shared:
+        return "-"
+    above = above_of[default]
+    mean, worst = statistics.fmean(above), max(range(len(shared)), key=above.__getitem__)
+    return (f"{mean:.1f} mean ({'within' if mean <= 1 else 'not within'} 1 %), {above[worst]:.1f} on {shared[worst]} "
+            f"({len(by_value)} {name} values measured, {_seeds_label(seeds)})")
+
+
+def report_glance(records, texts, size: Size) -> list:
+    """The issue's target in one table, at the size's calibration windows: per pattern, Thanos at
+    its defaults against SparseGPT text by text (the gap and the seed noise in % of SparseGPT's mean
+    perplexity, and ``compare``'s verdict, as in the defaults table), how many of those cells are
+    beyond the noise, the default's distance from the best B (alpha) measured
+    (``_default_against_best``), and the mean prune times."""
+    lines = ["| pattern | Thanos default | seeds | " + " | ".join(texts)
+             + " | beyond the noise | default vs the best B (structured: alpha), % above | prune time (s), Thanos / SparseGPT |",
+             "|---|---|---:|" + "---|" * len(texts) + "---:|---|---:|"]
+    total = beyond_total = 0
+    for pattern, n, thanos_runs, sparsegpt_runs in defaults_pairs(records, size):
+        if n != size.nsamples:
+            continue
+        cells, judged, beyond = [], 0, 0
+        for t in texts:
+            a, b = _paired(thanos_runs, sparsegpt_runs, t)
+            c = compare(a, b)
+            if not a:
+                cells.append("-")
+            elif c is None:
+                cells.append(f"{100 * (a[0] / b[0] - 1):+.1f} %, one seed")
+            else:
+                scale = 100 / statistics.fmean(b)
+                cells.append(f"{scale * c.difference:+.1f} % (noise {scale * c.noise:.1f} %): {c.verdict}")
+                if c.verdict != TOO_FEW_SEEDS:
+                    judged, beyond = judged + 1, beyond + (c.verdict == "yes")
+        total, beyond_total = total + judged, beyond_total + beyond
+        seeds = max(len(_paired(thanos_runs, sparsegpt_runs, t)[0]) for t in texts)
+        alpha = spec.default_alpha("thanos", pattern)
+        default = (f"B {_thanos_default_b_label(pattern)}" if _thanos_default_b_label(pattern) != "-" else "no B") + (
+            f", alpha {alpha:g}" if alpha else "")
+        times = " / ".join(f"{statistics.fmean(r['seconds'] for r in runs):.0f}" for runs in (thanos_runs, sparsegpt_runs))
+        lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | {default} | {seeds} | " + " | ".join(cells)
+                     + f" | {beyond} of {judged} | {_default_against_best(records, pattern, texts, size)} | {times} |")
+    if len(lines) == 2:
+        return []
+    return lines + ["", f"Cells where Thanos is ahead by more than the seed noise: {beyond_total} of {total}.", ""]
 
 
 def report_alpha(records, texts, size) -> list:
@@ -1029,7 +1106,10 @@ def report(args) -> int:
                          for p in PATTERN_SPARSITY)
     thanos_alpha = ", ".join(f"{spec.default_alpha('thanos', p):g} at {_pattern_label(p, PATTERN_SPARSITY[p])}"
                              for p in PATTERN_SPARSITY)
-    sections = [(f"The defaults against SparseGPT (Thanos at the B block_size=None gives on this model, "
+    sections = [(f"At a glance: the defaults against the issue's target, {size.nsamples} calibration windows (cells: "
+                 "Thanos - SparseGPT in % of SparseGPT's mean perplexity over the paired seeds, the seed noise in % "
+                 "likewise, and the verdict of the table below)", report_glance(records, texts, size)),
+                (f"The defaults against SparseGPT (Thanos at the B block_size=None gives on this model, "
                  f"thanos.default_block_size: {thanos_b}; and at the alpha alpha=None gives, thanos.default_alpha: "
                  f"{thanos_alpha}; SparseGPT at B = 128; "
                  "cells: Thanos vs SparseGPT mean perplexity, the per-seed paired difference mean ± std, the seed "
