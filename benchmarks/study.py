@@ -765,7 +765,10 @@ def _default_against_best(records, pattern: str, texts, size: Size) -> str:
         return "-"
     above = above_of[default]
     mean, worst = statistics.fmean(above), max(range(len(shared)), key=above.__getitem__)
-    return (f"{mean:.1f} mean ({'within' if mean <= 1 else 'not within'} 1 %), {above[worst]:.1f} on {shared[worst]} "
+    digits = 1  # more where one decimal would print a mean beyond 1 % as 1.0 (or one within it as 1.0)
+    while digits < 6 and mean != 1 and float(f"{mean:.{digits}f}") == 1:
+        digits += 1
+    return (f"{mean:.{digits}f} mean ({'within' if mean <= 1 else 'not within'} 1 %), {above[worst]:.1f} on {shared[worst]} "
             f"({len(by_value)} {name} values measured, {_seeds_label(seeds)})")
 
 

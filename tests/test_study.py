@@ -639,3 +639,19 @@ def test_glance_table_states_the_target_per_pattern_with_the_noise_in_percent():
     assert structured[6] == (f"{(100 * (100 / 90 - 1)) / 2:.1f} mean (not within 1 %), {100 * (100 / 90 - 1):.1f} on wiki "
                              "(2 alpha values measured, seed 0)")
     assert lines[-2] == "Cells where Thanos is ahead by more than the seed noise: 1 of 2."
+
+
+def test_glance_prints_a_mean_that_rounds_to_one_percent_with_the_digits_that_place_it():
+    """A default 1.0002 % above the best B on average is not within 1 %: the glance prints 1.0002,
+    not 1.0 beside "not within". B = 64 is the best (100); 128 is 1.0002 % above it."""
+    full = study.SIZES["full"]
+
+    def run(b, wiki, method="thanos"):
+        return dict(study="blocksize", method=method, pattern="unstructured", sparsity=0.5, block_size=b, alpha=0.0,
+                    metric="psi", layer_sparsity="uniform", nsamples=full.nsamples, seed=0,
+                    perplexity={"wiki": wiki}, seconds=1.0)
+
+    records = [run(64, 100.0), run(128, 101.0002), run(128, 120.0, "sparsegpt")]
+    [row] = [line for line in study.report_glance(records, ["wiki"], full) if line.startswith("| 50%")]
+    assert row.split(" | ")[5].startswith(f"{100 * (101.0002 / 100 - 1):.4f} mean (not within 1 %)")
+    assert row.split(" | ")[5].startswith("1.0002 mean")
