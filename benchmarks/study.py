@@ -756,7 +756,7 @@ def thanos_by_setting(records, pattern: str, size: Size) -> tuple:
 def _default_against_best(records, pattern: str, texts, size: Size) -> str:
     """Thanos' default B (alpha at structured) against the best value measured, over the seeds every
     value ran: the mean over the texts and the worst text of its % above each text's best."""
-    (name, label, _), default, by_value = thanos_by_setting(records, pattern, size)
+    (name, _, _), default, by_value = thanos_by_setting(records, pattern, size)
     if default not in by_value or len(by_value) < 2:
         return "-"
     seeds = set.intersection(*({r["seed"] for r in runs} for runs in by_value.values()))
