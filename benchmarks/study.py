@@ -800,9 +800,8 @@ def report_glance(records, texts, size: Size) -> list:
                     judged, beyond = judged + 1, beyond + (c.verdict == "yes")
         total, beyond_total = total + judged, beyond_total + beyond
         seeds = max(len(_paired(thanos_runs, sparsegpt_runs, t)[0]) for t in texts)
-        alpha = spec.default_alpha("thanos", pattern)
-        default = (f"B {_thanos_default_b_label(pattern)}" if _thanos_default_b_label(pattern) != "-" else "no B") + (
-            f", alpha {alpha:g}" if alpha else "")
+        alpha, b = spec.default_alpha("thanos", pattern), _thanos_default_b_label(pattern)
+        default = ("no B" if b == "-" else f"B {b}") + (f", alpha {alpha:g}" if alpha else "")
         times = " / ".join(f"{statistics.fmean(r['seconds'] for r in runs):.0f}" for runs in (thanos_runs, sparsegpt_runs))
         lines.append(f"| {_pattern_label(pattern, PATTERN_SPARSITY[pattern])} | {default} | {seeds} | " + " | ".join(cells)
                      + f" | {beyond} of {judged} | {_default_against_best(records, pattern, texts, size)} | {times} |")
@@ -815,11 +814,10 @@ def report_alpha(records, texts, size) -> list:
     """The alpha table, then Thanos at structured by alpha against the best alpha, text by text
     (the rule the default alpha is chosen by, as the block sizes are: "The default alpha")."""
     lines = report_generic(records, texts, "alpha", ["method", "pattern", "alpha"], size)
-    structured = {k[4]: runs for k, runs in studied(records, "alpha", size).items()
-                  if k[0] == "thanos" and k[1] == "structured"}
+    axis, _, structured = thanos_by_setting(records, "structured", size)
     if len(structured) >= 2:
         lines += [f"At {_pattern_label('structured', PATTERN_SPARSITY['structured'])}:", ""]
-        lines += _against_best_b(structured, texts, ALPHA_AXIS)
+        lines += _against_best_b(structured, texts, axis)
     return lines
 
 

@@ -595,6 +595,16 @@ def test_defaults_table_pairs_sparsegpt_with_thanos_at_the_library_default(tmp_p
     assert row.split(" | ")[1] == "whole"
 
 
+def _record(method, pattern, seed, perplexity, *, block_size=None, alpha=0.0, seconds=100.0,
+            nsamples=study.SIZES["full"].nsamples):
+    """A recorded run as ``run_study`` writes one, for the report functions: psi, uniform, the
+    pattern's standard sparsity, at the library's default B unless given."""
+    b = study.library_block_size(method, pattern) if block_size is None else block_size
+    return dict(study="blocksize", method=method, pattern=pattern, sparsity=study.PATTERN_SPARSITY[pattern],
+                block_size=b, alpha=alpha, metric="psi", layer_sparsity="uniform", nsamples=nsamples, seed=seed,
+                perplexity=perplexity, seconds=seconds)
+
+
 def test_glance_table_states_the_target_per_pattern_with_the_noise_in_percent():
     """The glance is the defaults table and the best-B (alpha) tables boiled down, derived by hand
     here. 50 %, wiki: Thanos 10, 11, 12 (mean 11, std 1) against SparseGPT 12.5, 13, 13.5 (mean 13,
@@ -606,11 +616,8 @@ def test_glance_table_states_the_target_per_pattern_with_the_noise_in_percent():
     pair: numbers, no verdict."""
     full = study.SIZES["full"]
 
-    def run(method, pattern, seed, wiki, code, *, block_size=None, alpha=0.0, seconds=100.0, nsamples=full.nsamples):
-        b = study.library_block_size(method, pattern) if block_size is None else block_size
-        return dict(study="blocksize", method=method, pattern=pattern, sparsity=study.PATTERN_SPARSITY[pattern],
-                    block_size=b, alpha=alpha, metric="psi", layer_sparsity="uniform", nsamples=nsamples, seed=seed,
-                    perplexity={"wiki": wiki, "code": code}, seconds=seconds)
+    def run(method, pattern, seed, wiki, code, **settings):
+        return _record(method, pattern, seed, {"wiki": wiki, "code": code}, **settings)
 
     records = [run("thanos", "unstructured", s, 10.0 + s, 20.0 + s, seconds=30.0) for s in range(3)]
     records += [run("sparsegpt", "unstructured", s, 12.5 + s / 2, 20.5 + s, seconds=40.0) for s in range(3)]
@@ -644,14 +651,9 @@ def test_glance_table_states_the_target_per_pattern_with_the_noise_in_percent():
 def test_glance_prints_a_mean_that_rounds_to_one_percent_with_the_digits_that_place_it():
     """A default 1.0002 % above the best B on average is not within 1 %: the glance prints 1.0002,
     not 1.0 beside "not within". B = 64 is the best (100); 128 is 1.0002 % above it."""
-    full = study.SIZES["full"]
-
-    def run(b, wiki, method="thanos"):
-        return dict(study="blocksize", method=method, pattern="unstructured", sparsity=0.5, block_size=b, alpha=0.0,
-                    metric="psi", layer_sparsity="uniform", nsamples=full.nsamples, seed=0,
-                    perplexity={"wiki": wiki}, seconds=1.0)
-
-    records = [run(64, 100.0), run(128, 101.0002), run(128, 120.0, "sparsegpt")]
-    [row] = [line for line in study.report_glance(records, ["wiki"], full) if line.startswith("| 50%")]
+    records = [_record("thanos", "unstructured", 0, {"wiki": 100.0}, block_size=64),
+               _record("thanos", "unstructured", 0, {"wiki": 101.0002}, block_size=128),
+               _record("sparsegpt", "unstructured", 0, {"wiki": 120.0})]
+    [row] = [line for line in study.report_glance(records, ["wiki"], study.SIZES["full"]) if line.startswith("| 50%")]
     assert row.split(" | ")[5].startswith(f"{100 * (101.0002 / 100 - 1):.4f} mean (not within 1 %)")
     assert row.split(" | ")[5].startswith("1.0002 mean")
