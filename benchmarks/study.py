@@ -358,15 +358,16 @@ def run_study(args) -> int:
     if args.calibration_windows:
         size = dataclasses.replace(size, calibration_counts=args.calibration_windows)
     seeds = args.seeds or size.seeds
-    sparsities = args.only_sparsities
+    sparsities, alphas = args.only_sparsities, args.only_alphas
     grid = [c for c in configs(args.study, size, _patterns(args))
             if args.only_method in (None, c.method) and args.only_metric in (None, c.metric)
-            and (sparsities is None or c.sparsity in sparsities)]
+            and (sparsities is None or c.sparsity in sparsities) and (alphas is None or c.alpha in alphas)]
     if not grid:
-        shown = "any" if sparsities is None else ",".join(f"{v:g}" for v in sparsities)
+        def shown(values):
+            return "any" if values is None else ",".join(f"{v:g}" for v in values)
         print(f"study {args.study}: no configuration matches --patterns {args.patterns}, --only-method "
-              f"{args.only_method or 'any'}, --only-metric {args.only_metric or 'any'} and --only-sparsities "
-              f"{shown}; nothing run", file=sys.stderr)
+              f"{args.only_method or 'any'}, --only-metric {args.only_metric or 'any'}, --only-sparsities "
+              f"{shown(sparsities)} and --only-alphas {shown(alphas)}; nothing run", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
     texts = args.texts.split(",")
@@ -1177,6 +1178,9 @@ def parse_args(argv):
     p.add_argument("--only-sparsities", default=None,
                    type=_comma_list(float, lambda v: 0 < v < 1, "numbers in (0, 1)"),
                    help="run only the configurations at these requested sparsities (e.g. 0.7 in the owl study)")
+    p.add_argument("--only-alphas", default=None, type=_comma_list(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
+                   help="run only the configurations at these alphas (e.g. 0.2, structured Thanos' default, in the "
+                        "calibration study, whose grid holds alpha 0 too)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="the JSON-lines file of runs (default: benchmarks/results/study-SIZE.jsonl)")
     p.add_argument("--dry-run", action="store_true", help="list the runs to do and stop")

@@ -259,8 +259,28 @@ def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, c
     capsys.readouterr()
     assert study.main(["owl", "--seeds", "1", "--only-sparsities", "0.3", "--out", str(out), "--no-progress"],
                       loader=tiny_study) == 2
-    assert "--only-sparsities 0.3;" in capsys.readouterr().err  # the filter as the user wrote it
+    assert "--only-sparsities 0.3 and --only-alphas any;" in capsys.readouterr().err  # the filters as the user wrote them
     assert out.read_bytes() == before  # nothing run, nothing written
+
+
+def test_only_alphas_runs_structured_thanos_at_its_default_alpha_alone_in_the_calibration_study(tmp_path, tiny_study,
+                                                                                              capsys):
+    """The calibration study runs structured Thanos at alpha 0 and at its default alpha
+    (calibration_settings); --only-alphas runs one of them, at every calibration size, and an alpha
+    the grid lacks is an error naming --only-alphas, before any run."""
+    out = tmp_path / "runs.jsonl"
+    default = study.spec.default_alpha("thanos", "structured")
+    assert {a for _, a in study.calibration_settings("thanos", "structured")} == {0.0, default} and default > 0
+    assert study.main(["calibration", "--patterns", "structured", "--seeds", "0", "--only-method", "thanos",
+                       "--only-alphas", f"{default:g}", "--out", str(out), "--no-progress"], loader=tiny_study) == 0
+    runs = [r for r in study.read_records(out) if r["method"] != "dense"]
+    assert sorted((r["nsamples"], r["alpha"]) for r in runs) == [(n, default) for n in sorted(TINY.calibration_counts)]
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert study.main(["calibration", "--patterns", "structured", "--seeds", "0", "--only-alphas", "0.1", "--out",
+                       str(out), "--no-progress"], loader=tiny_study) == 2
+    assert "--only-alphas 0.1;" in capsys.readouterr().err
+    assert out.read_bytes() == before
 
 
 def test_metric_study_at_70_percent_reuses_the_owl_studys_uniform_thanos_run(tmp_path, tiny_study):
@@ -402,7 +422,7 @@ def test_study_arguments_are_checked(capsys):
         study.parse_args(["blocksize", "--seeds", "a,b"])
     for option, bad in (("--alphas", "1.0"), ("--alphas", "x"), ("--calibration-windows", "0"),
                         ("--calibration-windows", "2.5"), ("--block-sizes", "-1"), ("--only-sparsities", "1.0"),
-                        ("--only-metric", "hessian")):
+                        ("--only-alphas", "1.0"), ("--only-alphas", "-0.1"), ("--only-metric", "hessian")):
         with pytest.raises(SystemExit):
             study.parse_args(["alpha", option, bad])
         assert option in capsys.readouterr().err  # the error names the option
