@@ -1167,7 +1167,8 @@ def parse_args(argv):
                    help="comma-separated calibration seeds (default: the size's)")
     p.add_argument("--block-sizes", default=None, type=_comma_list(int, lambda v: v >= 0, "integers >= 0"),
                    help="blocksize study: comma-separated block sizes, 0 = the whole layer (default: the size's)")
-    p.add_argument("--alphas", default=None, type=_comma_list(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
+    alphas = _comma_list(float, lambda v: 0 <= v < 1, "numbers in [0, 1)")  # --alphas and --only-alphas
+    p.add_argument("--alphas", default=None, type=alphas,
                    help="alpha study: comma-separated alphas in [0, 1) (default: the size's)")
     p.add_argument("--calibration-windows", default=None, type=_comma_list(int, lambda v: v > 0, "integers > 0"),
                    help="calibration study: comma-separated numbers of calibration windows > 0 (default: the size's)")
@@ -1178,7 +1179,7 @@ def parse_args(argv):
     p.add_argument("--only-sparsities", default=None,
                    type=_comma_list(float, lambda v: 0 < v < 1, "numbers in (0, 1)"),
                    help="run only the configurations at these requested sparsities (e.g. 0.7 in the owl study)")
-    p.add_argument("--only-alphas", default=None, type=_comma_list(float, lambda v: 0 <= v < 1, "numbers in [0, 1)"),
+    p.add_argument("--only-alphas", default=None, type=alphas,
                    help="run only the configurations at these alphas (e.g. 0.2, structured Thanos' default, in the "
                         "calibration study, whose grid holds alpha 0 too)")
     p.add_argument("--device", default="cpu")
