@@ -281,6 +281,32 @@ def test_python_dash_m_thanos_runs_the_cli(tmp_path):
     assert run.returncode == 2 and "--nsamples must be >= 1, got 0" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("command", [
+    ["thanos", "conform", "thanos:prune", "--methods", "thanos", "--patterns", "unstructured", "--examples", "1"],
+    ["benchmarks", "study", "calibration", "--quick", "--dry-run"]], ids=["thanos", "benchmarks"])
+def test_a_reader_that_closed_stdout_ends_the_command_quietly(command):
+    # `thanos conform ... | head -0`: the pipe's read end is closed before the child starts, so its first
+    # flush of stdout fails with EPIPE. It ends with 128 + SIGPIPE, as a writer that SIGPIPE killed, and
+    # no traceback (before the fix: a BrokenPipeError traceback and exit status 1)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE,
+                             text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    finally:
+        os.close(write_end)
+    assert run.returncode == 128 + signal.SIGPIPE and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden():
+    def command():
+        raise BrokenPipeError(errno.EPIPE, "a socket's peer went away")
+
+    with pytest.raises(BrokenPipeError, match="socket"):
+        cli.exit_quietly_if_reader_gone(command)
+    assert cli.exit_quietly_if_reader_gone(lambda: 3) == 3
+
+
 def test_py_typed_is_shipped():
     import importlib.resources
 
