@@ -17,6 +17,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from thanos.cli import exit_quietly_if_reader_gone
+    from thanos.stdout import exit_quietly_if_reader_gone
 
     sys.exit(exit_quietly_if_reader_gone(main))

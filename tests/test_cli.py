@@ -27,6 +27,7 @@ from reference import spec
 from thanos import cli, data
 from thanos.assets import tiny_model
 from thanos.model import prune_model
+from thanos.stdout import exit_quietly_if_reader_gone
 
 
 def _saved_tiny_model(tmp_path_factory, arch: str, seed: int):
@@ -303,8 +304,8 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden():
         raise BrokenPipeError(errno.EPIPE, "a socket's peer went away")
 
     with pytest.raises(BrokenPipeError, match="socket"):
-        cli.exit_quietly_if_reader_gone(command)
-    assert cli.exit_quietly_if_reader_gone(lambda: 3) == 3
+        exit_quietly_if_reader_gone(command)
+    assert exit_quietly_if_reader_gone(lambda: 3) == 3
 
 
 def test_py_typed_is_shipped():

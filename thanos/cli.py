@@ -28,7 +28,6 @@ import platform
 import re
 import resource
 import secrets
-import select
 import shutil
 import signal
 import socket
@@ -38,8 +37,7 @@ from pathlib import Path
 from typing import Optional
 
 from reference import spec
-
-SIGPIPE = int(getattr(signal, "SIGPIPE", 13))  # 13 on every POSIX system
+from thanos.stdout import exit_quietly_if_reader_gone
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a machine whose
 # cores are shared (CI runners, colleagues' jobs), spinning threads made the solver 7-10x slower
@@ -862,32 +860,6 @@ def _interrupts_raise():
 
     with _signal_handler(handler):
         yield
-
-
-def _stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reader has closed it (``thanos ... | head``): poll reports POLLERR."""
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll on this platform, or stdout is not a file
-        return False
-
-
-def exit_quietly_if_reader_gone(command) -> int:
-    """Run ``command()`` and flush stdout. If stdout's reader went away (``... | head``), stop with
-    128 + SIGPIPE, what a shell reports for a writer that SIGPIPE ended, instead of a traceback; a
-    BrokenPipeError from anything but stdout propagates. Used by ``thanos`` and ``python -m benchmarks``."""
-    try:
-        code = command()
-        sys.stdout.flush()
-        return code
-    except BrokenPipeError:
-        if not _stdout_reader_gone():
-            raise
-        # the interpreter flushes stdout again at exit: point it at /dev/null so that flush succeeds
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + SIGPIPE
 
 
 def main(argv: Optional[list] = None) -> int:
