@@ -10,8 +10,6 @@ import select
 import signal
 import sys
 
-SIGPIPE = int(getattr(signal, "SIGPIPE", 13))  # 13 on every POSIX system
-
 
 def _stdout_reader_gone() -> bool:
     """Whether stdout is a pipe whose reader has closed it (``thanos ... | head``): poll reports POLLERR."""
@@ -35,5 +33,7 @@ def exit_quietly_if_reader_gone(command) -> int:
         if not _stdout_reader_gone():
             raise
         # the interpreter flushes stdout again at exit: point it at /dev/null so that flush succeeds
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE  # reached only where poll exists, so on POSIX, where SIGPIPE does
