@@ -358,16 +358,18 @@ def run_study(args) -> int:
     if args.calibration_windows:
         size = dataclasses.replace(size, calibration_counts=args.calibration_windows)
     seeds = args.seeds or size.seeds
-    sparsities, alphas = args.only_sparsities, args.only_alphas
+    sparsities, alphas, blocks = args.only_sparsities, args.only_alphas, args.only_block_sizes
     grid = [c for c in configs(args.study, size, _patterns(args))
             if args.only_method in (None, c.method) and args.only_metric in (None, c.metric)
-            and (sparsities is None or c.sparsity in sparsities) and (alphas is None or c.alpha in alphas)]
+            and (sparsities is None or c.sparsity in sparsities) and (alphas is None or c.alpha in alphas)
+            and (blocks is None or c.block_size in blocks)]
     if not grid:
         def shown(values):
             return "any" if values is None else ",".join(f"{v:g}" for v in values)
         print(f"study {args.study}: no configuration matches --patterns {args.patterns}, --only-method "
               f"{args.only_method or 'any'}, --only-metric {args.only_metric or 'any'}, --only-sparsities "
-              f"{shown(sparsities)} and --only-alphas {shown(alphas)}; nothing run", file=sys.stderr)
+              f"{shown(sparsities)}, --only-alphas {shown(alphas)} and --only-block-sizes {shown(blocks)}; "
+              f"nothing run", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else RESULTS / f"study-{args.size}.jsonl"
     texts = args.texts.split(",")
@@ -1165,7 +1167,8 @@ def parse_args(argv):
                    help="comma-separated patterns among unstructured (50%%), 2:4, 4:8, structured (30%%)")
     p.add_argument("--seeds", default=None, type=_comma_list(int, lambda v: True, "integers"),
                    help="comma-separated calibration seeds (default: the size's)")
-    p.add_argument("--block-sizes", default=None, type=_comma_list(int, lambda v: v >= 0, "integers >= 0"),
+    block_sizes = _comma_list(int, lambda v: v >= 0, "integers >= 0")  # --block-sizes and --only-block-sizes
+    p.add_argument("--block-sizes", default=None, type=block_sizes,
                    help="blocksize study: comma-separated block sizes, 0 = the whole layer (default: the size's)")
     alphas = _comma_list(float, lambda v: 0 <= v < 1, "numbers in [0, 1)")  # --alphas and --only-alphas
     p.add_argument("--alphas", default=None, type=alphas,
@@ -1182,6 +1185,9 @@ def parse_args(argv):
     p.add_argument("--only-alphas", default=None, type=alphas,
                    help="run only the configurations at these alphas (e.g. 0.2, structured Thanos' default, in the "
                         "calibration study, whose grid holds alpha 0 too)")
+    p.add_argument("--only-block-sizes", default=None, type=block_sizes,
+                   help="run only the configurations at these block sizes, 0 = the whole layer (e.g. 0, Thanos' "
+                        "2:4 default, in the calibration study, whose grid holds B = 512 too)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="the JSON-lines file of runs (default: benchmarks/results/study-SIZE.jsonl)")
     p.add_argument("--dry-run", action="store_true", help="list the runs to do and stop")

@@ -259,7 +259,8 @@ def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, c
     capsys.readouterr()
     assert study.main(["owl", "--seeds", "1", "--only-sparsities", "0.3", "--out", str(out), "--no-progress"],
                       loader=tiny_study) == 2
-    assert "--only-sparsities 0.3 and --only-alphas any;" in capsys.readouterr().err  # the filters as the user wrote them
+    # the filters as the user wrote them
+    assert "--only-sparsities 0.3, --only-alphas any and --only-block-sizes any;" in capsys.readouterr().err
     assert out.read_bytes() == before  # nothing run, nothing written
 
 
@@ -279,7 +280,28 @@ def test_only_alphas_runs_structured_thanos_at_its_default_alpha_alone_in_the_ca
     capsys.readouterr()
     assert study.main(["calibration", "--patterns", "structured", "--seeds", "0", "--only-alphas", "0.1", "--out",
                        str(out), "--no-progress"], loader=tiny_study) == 2
-    assert "--only-alphas 0.1;" in capsys.readouterr().err
+    assert "--only-alphas 0.1 and" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_only_block_sizes_runs_thanos_at_its_2_4_default_alone_in_the_calibration_study(tmp_path, tiny_study, capsys):
+    """The calibration study runs Thanos at 2:4 at the studies' fixed B and at its default, the whole
+    layer (calibration_settings); --only-block-sizes 0 runs the whole layer alone, at every
+    calibration size, and a B the grid lacks is an error naming --only-block-sizes, before any run."""
+    out = tmp_path / "runs.jsonl"
+    settings = study.calibration_settings("thanos", "2:4")
+    assert {b for b, _ in settings} == {study.study_block_size("thanos", "2:4"), study.WHOLE} != {study.WHOLE}
+    assert study.main(["calibration", "--patterns", "2:4", "--seeds", "0", "--only-method", "thanos",
+                       "--only-block-sizes", f"{study.WHOLE}", "--out", str(out), "--no-progress"],
+                      loader=tiny_study) == 0
+    runs = [r for r in study.read_records(out) if r["method"] != "dense"]
+    assert sorted((r["nsamples"], r["block_size"]) for r in runs) == [
+        (n, study.WHOLE) for n in sorted(TINY.calibration_counts)]
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert study.main(["calibration", "--patterns", "2:4", "--seeds", "0", "--only-block-sizes", "48", "--out",
+                       str(out), "--no-progress"], loader=tiny_study) == 2
+    assert "--only-block-sizes 48;" in capsys.readouterr().err
     assert out.read_bytes() == before
 
 
@@ -422,7 +444,8 @@ def test_study_arguments_are_checked(capsys):
         study.parse_args(["blocksize", "--seeds", "a,b"])
     for option, bad in (("--alphas", "1.0"), ("--alphas", "x"), ("--calibration-windows", "0"),
                         ("--calibration-windows", "2.5"), ("--block-sizes", "-1"), ("--only-sparsities", "1.0"),
-                        ("--only-alphas", "1.0"), ("--only-alphas", "-0.1"), ("--only-metric", "hessian")):
+                        ("--only-alphas", "1.0"), ("--only-alphas", "-0.1"), ("--only-block-sizes", "-1"),
+                        ("--only-block-sizes", "x"), ("--only-metric", "hessian")):
         with pytest.raises(SystemExit):
             study.parse_args(["alpha", option, bad])
         assert option in capsys.readouterr().err  # the error names the option
