@@ -362,7 +362,7 @@ def run_study(args) -> int:
     grid = [c for c in configs(args.study, size, _patterns(args))
             if args.only_method in (None, c.method) and args.only_metric in (None, c.metric)
             and (sparsities is None or c.sparsity in sparsities) and (alphas is None or c.alpha in alphas)
-            and (blocks is None or c.block_size in blocks)]
+            and (blocks is None or c.resolved(size).block_size in blocks)]  # None: the study's fixed B
     if not grid:
         def shown(values):
             return "any" if values is None else ",".join(f"{v:g}" for v in values)

@@ -303,6 +303,13 @@ def test_only_block_sizes_runs_thanos_at_its_2_4_default_alone_in_the_calibratio
                        str(out), "--no-progress"], loader=tiny_study) == 2
     assert "--only-block-sizes 48;" in capsys.readouterr().err
     assert out.read_bytes() == before
+    # a grid that leaves B to the study (the alpha study) is filtered by the B its runs are made at
+    # (Thanos at 4:8 at each alpha; not its unstructured runs at the matched sparsities, at another B)
+    fixed = study.study_block_size("thanos", "4:8")
+    assert study.study_block_size("thanos", "unstructured") != fixed
+    assert study.main(["alpha", "--patterns", "4:8", "--only-method", "thanos", "--only-block-sizes", f"{fixed}",
+                       "--out", str(out), "--dry-run"], loader=tiny_study) == 0
+    assert f"{len(TINY.alphas)} configurations" in capsys.readouterr().out
 
 
 def test_metric_study_at_70_percent_reuses_the_owl_studys_uniform_thanos_run(tmp_path, tiny_study):
