@@ -246,6 +246,16 @@ def test_a_study_grid_can_be_widened_from_the_command_line(tmp_path, tiny_study,
         assert [r[field] for r in runs] == [int(values)] * len(study.calibration_settings("thanos", "structured")) == [3, 3]
 
 
+def assert_rejected_before_any_run(argv, out, loader, capsys, message):
+    """A filter that leaves no configuration: status 2, an error holding ``message`` (the filters as
+    the user wrote them), and the record file ``out`` untouched: nothing run, nothing written."""
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert study.main(argv + ["--out", str(out), "--no-progress"], loader=loader) == 2
+    assert message in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
 def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, capsys):
     """--only-method / --only-sparsities run part of a study's grid; a filter that leaves nothing is
     an error naming the filters, before any run, with the record file untouched."""
@@ -255,13 +265,8 @@ def test_only_method_and_only_sparsities_narrow_the_grid(tmp_path, tiny_study, c
     runs = [r for r in study.read_records(out) if r["method"] != "dense"]
     assert sorted((r["method"], r["sparsity"], r["metric"], r["layer_sparsity"]) for r in runs) == [
         ("thanos", 0.7, m, ls) for m in ("psi", "sparsegpt") for ls in ("owl", "uniform")]
-    before = out.read_bytes()
-    capsys.readouterr()
-    assert study.main(["owl", "--seeds", "1", "--only-sparsities", "0.3", "--out", str(out), "--no-progress"],
-                      loader=tiny_study) == 2
-    # the filters as the user wrote them
-    assert "--only-sparsities 0.3, --only-alphas any and --only-block-sizes any;" in capsys.readouterr().err
-    assert out.read_bytes() == before  # nothing run, nothing written
+    assert_rejected_before_any_run(["owl", "--seeds", "1", "--only-sparsities", "0.3"], out, tiny_study, capsys,
+                                   "--only-sparsities 0.3, --only-alphas any and --only-block-sizes any;")
 
 
 def test_only_alphas_runs_structured_thanos_at_its_default_alpha_alone_in_the_calibration_study(tmp_path, tiny_study,
@@ -276,12 +281,8 @@ def test_only_alphas_runs_structured_thanos_at_its_default_alpha_alone_in_the_ca
                        "--only-alphas", f"{default:g}", "--out", str(out), "--no-progress"], loader=tiny_study) == 0
     runs = [r for r in study.read_records(out) if r["method"] != "dense"]
     assert sorted((r["nsamples"], r["alpha"]) for r in runs) == [(n, default) for n in sorted(TINY.calibration_counts)]
-    before = out.read_bytes()
-    capsys.readouterr()
-    assert study.main(["calibration", "--patterns", "structured", "--seeds", "0", "--only-alphas", "0.1", "--out",
-                       str(out), "--no-progress"], loader=tiny_study) == 2
-    assert "--only-alphas 0.1 and" in capsys.readouterr().err
-    assert out.read_bytes() == before
+    assert_rejected_before_any_run(["calibration", "--patterns", "structured", "--seeds", "0", "--only-alphas", "0.1"],
+                                   out, tiny_study, capsys, "--only-alphas 0.1 and")
 
 
 def test_only_block_sizes_runs_thanos_at_its_2_4_default_alone_in_the_calibration_study(tmp_path, tiny_study, capsys):
@@ -297,12 +298,8 @@ def test_only_block_sizes_runs_thanos_at_its_2_4_default_alone_in_the_calibratio
     runs = [r for r in study.read_records(out) if r["method"] != "dense"]
     assert sorted((r["nsamples"], r["block_size"]) for r in runs) == [
         (n, study.WHOLE) for n in sorted(TINY.calibration_counts)]
-    before = out.read_bytes()
-    capsys.readouterr()
-    assert study.main(["calibration", "--patterns", "2:4", "--seeds", "0", "--only-block-sizes", "48", "--out",
-                       str(out), "--no-progress"], loader=tiny_study) == 2
-    assert "--only-block-sizes 48;" in capsys.readouterr().err
-    assert out.read_bytes() == before
+    assert_rejected_before_any_run(["calibration", "--patterns", "2:4", "--seeds", "0", "--only-block-sizes", "48"],
+                                   out, tiny_study, capsys, "--only-block-sizes 48;")
     # a grid that leaves B to the study (the alpha study) is filtered by the B its runs are made at
     # (Thanos at 4:8 at each alpha; not its unstructured runs at the matched sparsities, at another B)
     fixed = study.study_block_size("thanos", "4:8")
